@@ -1,0 +1,1 @@
+"""The ``heat-gpu`` console script."""

@@ -1,0 +1,135 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Configuration options of heat-gpu: the ``[heat_gpu]`` group of heat.conf.
+
+The options are registered on ``oslo_config.cfg.CONF`` when this module is imported, so the
+resources and the CLI read them as ``cfg.CONF.heat_gpu.<name>``. ``list_opts`` feeds
+oslo-config-generator (namespace ``heat_gpu``).
+"""
+
+import os
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+GROUP = 'heat_gpu'
+
+#: Environment variable that overrides the PCI id database path (beats the option).
+PCI_IDS_ENV = 'HEAT_GPU_PCI_IDS'
+
+#: Where Debian/Ubuntu (pci.ids package) and Fedora/RHEL (hwdata) install the PCI id database.
+DEFAULT_PCI_IDS_PATHS = (
+    '/usr/share/misc/pci.ids',
+    '/usr/share/hwdata/pci.ids',
+    '/usr/share/pci.ids',
+)
+
+heat_gpu_group = cfg.OptGroup(
+    name=GROUP,
+    title='heat-gpu options',
+    help='Options of the heat-gpu resource plugin (OS::GPU::Flavor, OS::GPU::CudaInstance, '
+         'OS::GPU::SampleJob).')
+
+heat_gpu_opts = [
+    cfg.StrOpt(
+        'pci_ids_path',
+        help='Path of the PCI id database (pci.ids) used to name GPUs that are not in the '
+             'heat-gpu catalog. When unset, the HEAT_GPU_PCI_IDS environment variable is used, '
+             'then the first existing file of: %s.' % ', '.join(DEFAULT_PCI_IDS_PATHS)),
+    cfg.StrOpt(
+        'default_cuda_version',
+        default='auto',
+        regex=r'^(auto|\d+\.\d+)$',
+        help='CUDA version installed when an OS::GPU::CudaInstance leaves cuda_version unset: '
+             '"auto" (the newest CUDA line that still supports the GPU) or MAJOR.MINOR, '
+             'e.g. 12.4.'),
+    cfg.StrOpt(
+        'default_driver_branch',
+        default='auto',
+        regex=r'^(auto|\d{3})$',
+        help='NVIDIA driver branch installed when an OS::GPU::CudaInstance leaves driver_branch '
+             'unset: "auto" (the branch that matches the CUDA version) or a branch number, '
+             'e.g. 550.'),
+    cfg.IntOpt(
+        'bootstrap_timeout',
+        default=3600,
+        min=60,
+        max=86400,
+        help='Seconds an OS::GPU::CudaInstance waits for its guest to report that the driver '
+             'and CUDA are installed and verified, when the template does not say.'),
+    cfg.FloatOpt(
+        'sample_min_ratio',
+        default=0.8,
+        min=0.0,
+        max=1.0,
+        help='Default fraction of the expected figure (bandwidth, throughput) a GPU sample '
+             'program must reach to pass, when an OS::GPU::SampleJob does not set min_ratio.'),
+    cfg.IntOpt(
+        'sample_timeout',
+        default=1800,
+        min=30,
+        max=86400,
+        help='Seconds an OS::GPU::SampleJob waits for its results, when the template does '
+             'not say.'),
+    cfg.URIOpt(
+        'mirror_url',
+        schemes=['https', 'http'],
+        help='Base URL of a mirror of the NVIDIA driver and CUDA downloads, for clouds whose '
+             'instances cannot reach the internet. Used when an OS::GPU::CudaInstance leaves '
+             'mirror_url unset; unset means the NVIDIA download sites.'),
+    cfg.DictOpt(
+        'alias_map',
+        default={},
+        help='Maps PCI alias names of this cloud (nova [pci] alias "name") to heat-gpu catalog '
+             'keys, for aliases whose names do not say the GPU model, e.g. '
+             '"gpu-big:A100-SXM4-80GB,gpu-small:T4".'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the ``[heat_gpu]`` options on *conf* (safe to call more than once)."""
+    conf.register_group(heat_gpu_group)
+    conf.register_opts(heat_gpu_opts, group=heat_gpu_group)
+
+
+def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
+    """Return the options for oslo-config-generator (entry point ``oslo.config.opts``)."""
+    return [(heat_gpu_group, list(heat_gpu_opts))]
+
+
+def pci_ids_candidates(*, conf: cfg.ConfigOpts | None = None) -> list[str]:
+    """Return the PCI id database paths to try, in order.
+
+    An explicit setting (the environment variable, then the option) is the only candidate, so a
+    wrong path is reported instead of silently falling back to the system file.
+    """
+    conf = conf if conf is not None else cfg.CONF
+    env = os.environ.get(PCI_IDS_ENV)
+    if env:
+        return [env]
+    configured = conf.heat_gpu.pci_ids_path
+    if configured:
+        return [configured]
+    return list(DEFAULT_PCI_IDS_PATHS)
+
+
+def alias_map(*, conf: cfg.ConfigOpts | None = None) -> dict[str, str]:
+    """Return the operator's alias -> catalog key map (``[heat_gpu] alias_map``)."""
+    conf = conf if conf is not None else cfg.CONF
+    return dict(conf.heat_gpu.alias_map or {})
+
+
+register_opts(cfg.CONF)

@@ -1,0 +1,442 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""OS::GPU::CudaInstance: a Nova server on a GPU flavor that installs and proves CUDA."""
+
+import collections.abc
+import contextlib
+import dataclasses
+import datetime
+import json
+import re
+from typing import Any, Iterator
+
+from oslo_config import cfg
+from oslo_log import log as logging
+from oslo_utils import timeutils
+from oslo_utils import uuidutils
+
+from heat.common import exception
+from heat.engine import attributes
+from heat.engine import constraints
+from heat.engine import properties
+from heat.engine import resource
+from heat.engine.resources.openstack.nova import server
+from heat.engine import support
+from heat.objects import resource_data as resource_data_objects
+
+from heat_gpu import catalog
+from heat_gpu import config
+from heat_gpu import cuda
+from heat_gpu import exception as gpu_exception
+from heat_gpu import gpu_request
+from heat_gpu import userdata
+
+LOG = logging.getLogger(__name__)
+
+_Server = server.Server
+
+#: Statuses the guest sends (doc/architecture.md "Signal body").
+GUEST_STATUSES = (GUEST_IN_PROGRESS, GUEST_SUCCESS, GUEST_FAILURE) = (
+    'IN_PROGRESS', 'SUCCESS', 'FAILURE')
+
+#: Resource data keys holding the guest's last signal.
+_STATUS_KEY, _REASON_KEY, _REPORT_KEY = 'gpu_status', 'gpu_reason', 'gpu_report'
+
+_SHA256_RE = re.compile(r'^[0-9a-fA-F]{64}$')
+_CUDA_RE = r'^(auto|\d+\.\d+)$'
+_BRANCH_RE = r'^(auto|\d{3})$'
+LOG_TAIL_LINES = 20
+
+
+class _PropertiesOverlay(collections.abc.Mapping):
+    """The live properties with a few values replaced, for one call into Server."""
+
+    def __init__(self, props: Any, overrides: dict) -> None:
+        self._props = props
+        self._overrides = overrides
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._overrides:
+            return self._overrides[key]
+        return self._props[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._props)
+
+    def __len__(self) -> int:
+        return len(self._props)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._props, name)
+
+
+@dataclasses.dataclass
+class _BootWait:
+    """What check_create_complete polls: the server, the deadline and whether it is ACTIVE."""
+
+    server_id: str
+    deadline: datetime.datetime
+    timeout: int
+    active: bool = False
+
+
+class CudaInstance(_Server):
+    """A Nova server on a GPU flavor that installs the NVIDIA driver and CUDA and proves them.
+
+    Every property of OS::Nova::Server applies. The flavor must request a GPU (a PCI passthrough
+    alias or a vGPU); that is checked before the server is booted. At first boot the instance
+    detects its GPUs, installs the driver and CUDA (or finds them in a pre-baked image), reboots
+    when needed, and verifies the GPU; the resource reaches CREATE_COMPLETE only after the guest
+    reports success. Each phase appears as a stack event; a failure reports the guest's reason and
+    the last lines of its log. The guest needs cloud-init, bash and python3, and reaches the
+    Keystone and Heat APIs (the credentials are those of a user Heat creates for this resource
+    only). The instance also runs the heat-gpu agent, so software deployments and
+    OS::GPU::SampleJob work on it.
+    """
+
+    support_status = support.SupportStatus(version='2026.1')
+
+    PROPERTIES = (
+        CUDA_VERSION, DRIVER_BRANCH, INSTALL_METHOD, KERNEL_MODULES, MIRROR_URL, CHECKSUMS,
+        BOOTSTRAP_TIMEOUT, GPU_MODEL,
+    ) = (
+        'cuda_version', 'driver_branch', 'install_method', 'kernel_modules', 'mirror_url',
+        'checksums', 'bootstrap_timeout', 'gpu_model',
+    )
+
+    INSTALL_METHODS = ('auto', 'packages', 'runfile', 'preinstalled')
+    KERNEL_MODULE_FLAVOURS = ('auto', 'open', 'proprietary')
+
+    ATTRIBUTES = (
+        GPUS, GPU_COUNT, DRIVER_VERSION, CUDA_VERSION_ATTR, PHASE_TIMES, BOOTSTRAP_STATUS,
+        FAILURE_REASON, LOG_TAIL,
+    ) = (
+        'gpus', 'gpu_count', 'driver_version', 'cuda_version', 'phase_times',
+        'bootstrap_status', 'failure_reason', 'log_tail',
+    )
+
+    properties_schema = dict(_Server.properties_schema)
+    properties_schema.update({
+        _Server.USER_DATA_FORMAT: properties.Schema(
+            properties.Schema.STRING,
+            'How the user data is formatted: always SOFTWARE_CONFIG, so the boot script and '
+            'the heat-gpu agent run and software deployments work. The tenant\'s user_data is '
+            'kept as its own part.',
+            default=_Server.SOFTWARE_CONFIG,
+            constraints=[constraints.AllowedValues([_Server.SOFTWARE_CONFIG])]),
+        _Server.SOFTWARE_CONFIG_TRANSPORT: properties.Schema(
+            properties.Schema.STRING,
+            'How the server receives its software configuration: always POLL_SERVER_HEAT '
+            '(the Heat API with the credentials of this resource\'s stack user).',
+            default=_Server.POLL_SERVER_HEAT,
+            constraints=[constraints.AllowedValues([_Server.POLL_SERVER_HEAT])]),
+        _Server.USER_DATA_UPDATE_POLICY: properties.Schema(
+            properties.Schema.STRING,
+            'What a user_data update does: REPLACE the server (which installs CUDA again) or '
+            'IGNORE the change. REBUILD is not offered: it would drop the boot script.',
+            default='REPLACE',
+            constraints=[constraints.AllowedValues(['REPLACE', 'IGNORE'])],
+            update_allowed=True),
+        CUDA_VERSION: properties.Schema(
+            properties.Schema.STRING,
+            'CUDA toolkit version to install: "auto" (the newest line the GPU supports) or '
+            'MAJOR.MINOR, e.g. 12.4. Default: the [heat_gpu] default_cuda_version option '
+            '(auto).',
+            constraints=[constraints.AllowedPattern(
+                _CUDA_RE, description='"auto" or MAJOR.MINOR, e.g. 12.4')]),
+        DRIVER_BRANCH: properties.Schema(
+            properties.Schema.STRING,
+            'NVIDIA driver branch: "auto" (matches the CUDA version) or a branch number, '
+            'e.g. 550. Default: the [heat_gpu] default_driver_branch option (auto).',
+            constraints=[constraints.AllowedPattern(
+                _BRANCH_RE, description='"auto" or a three-digit branch, e.g. 550')]),
+        INSTALL_METHOD: properties.Schema(
+            properties.Schema.STRING,
+            'How to install: "packages" (NVIDIA\'s distribution repositories), "runfile" '
+            '(the NVIDIA .run installer), "preinstalled" (the image has them; only verify) '
+            'or "auto" (pre-installed when nvidia-smi works, else packages where NVIDIA '
+            'publishes them for the distribution, else the runfile).',
+            default='auto',
+            constraints=[constraints.AllowedValues(INSTALL_METHODS)]),
+        KERNEL_MODULES: properties.Schema(
+            properties.Schema.STRING,
+            'NVIDIA kernel modules: "open", "proprietary" or "auto" (open where the GPU '
+            'supports them, Turing and newer; proprietary for Pascal and Volta).',
+            default='auto',
+            constraints=[constraints.AllowedValues(KERNEL_MODULE_FLAVOURS)]),
+        MIRROR_URL: properties.Schema(
+            properties.Schema.STRING,
+            'https base URL of a mirror of the NVIDIA repositories and installers, for clouds '
+            'whose instances cannot reach the internet. Default: the [heat_gpu] mirror_url '
+            'option; unset means NVIDIA\'s own sites.'),
+        CHECKSUMS: properties.Schema(
+            properties.Schema.MAP,
+            'SHA-256 checksums (64 hex digits) of downloaded files, keyed by file name, '
+            'e.g. {"cuda_12.4.1_550.54.15_linux.run": "367d2299..."}. A download whose '
+            'checksum differs stops the install.',
+            default={}),
+        BOOTSTRAP_TIMEOUT: properties.Schema(
+            properties.Schema.INTEGER,
+            'Seconds to wait for the guest to report that the driver and CUDA work, counted '
+            'from the server create request. Default: the [heat_gpu] bootstrap_timeout '
+            'option (3600).',
+            constraints=[constraints.Range(60, 86400)]),
+        GPU_MODEL: properties.Schema(
+            properties.Schema.STRING,
+            'Catalog key of the GPU model (e.g. P100-PCIE-16GB), for a flavor whose PCI alias '
+            'or vGPU request does not name one. Used to choose and check the CUDA version.'),
+    })
+
+    attributes_schema = dict(_Server.attributes_schema)
+    attributes_schema.update({
+        GPUS: attributes.Schema(
+            'GPUs the guest sees: a list of maps with index, name, pci_address, memory_mib, '
+            'uuid and pci_id.',
+            type=attributes.Schema.LIST),
+        GPU_COUNT: attributes.Schema(
+            'Number of GPUs the guest sees.', type=attributes.Schema.INTEGER),
+        DRIVER_VERSION: attributes.Schema(
+            'Installed NVIDIA driver version, e.g. 550.163.01.', type=attributes.Schema.STRING),
+        CUDA_VERSION_ATTR: attributes.Schema(
+            'Installed CUDA toolkit version, e.g. 12.4.', type=attributes.Schema.STRING),
+        PHASE_TIMES: attributes.Schema(
+            'Seconds spent in each boot phase (detect, prepare-kernel, install-driver, reboot, '
+            'install-cuda, verify).', type=attributes.Schema.MAP),
+        BOOTSTRAP_STATUS: attributes.Schema(
+            'Last status the guest reported: IN_PROGRESS, SUCCESS or FAILURE; empty before '
+            'the first report.', type=attributes.Schema.STRING),
+        FAILURE_REASON: attributes.Schema(
+            'What failed and what to do, when the guest reported FAILURE.',
+            type=attributes.Schema.STRING),
+        LOG_TAIL: attributes.Schema(
+            'Last lines of the guest\'s bootstrap log, from its latest report.',
+            type=attributes.Schema.LIST),
+    })
+
+    signal_needs_metadata_updates = False
+
+    def validate(self) -> None:
+        super().validate()
+        self._validate_download_settings()
+        if self.properties[self.FLAVOR]:
+            self._gpu_request(missing_flavor_ok=True)
+
+    def handle_create(self) -> _BootWait:
+        request = self._gpu_request(missing_flavor_ok=False)
+        self._create_transport_credentials(self.properties)
+        tenant_user_data = self.properties[self.USER_DATA]
+        if tenant_user_data and uuidutils.is_uuid_like(tenant_user_data):
+            tenant_user_data = self.get_software_config(tenant_user_data)
+        user_data = userdata.build_user_data(settings=self._settings(request),
+                                             tenant_user_data=tenant_user_data or None)
+        timeout = self._bootstrap_timeout()
+        deadline = timeutils.utcnow() + datetime.timedelta(seconds=timeout)
+        with self._properties_overridden({self.USER_DATA: user_data}):
+            server_id = super().handle_create()
+        return _BootWait(server_id=server_id, deadline=deadline, timeout=timeout)
+
+    def check_create_complete(self, wait: _BootWait) -> bool:
+        status, reason, report = self._guest_state()
+        if status == GUEST_FAILURE:
+            raise exception.ResourceInError(resource_status=GUEST_FAILURE,
+                                            status_reason=self._failure_text(reason, report))
+        if not wait.active:
+            wait.active = super().check_create_complete(wait.server_id)
+        if wait.active and status == GUEST_SUCCESS:
+            return True
+        if timeutils.utcnow() > wait.deadline:
+            error = gpu_exception.BootstrapTimeout(phase=report.get('phase') or 'boot',
+                                                   timeout=wait.timeout)
+            raise exception.ResourceInError(resource_status='TIMEOUT', status_reason=str(error))
+        return False
+
+    def handle_signal(self, details: Any = None) -> str:
+        status, reason, report = self._parse_signal(details)
+        current = self._guest_state()[0]
+        if status == GUEST_IN_PROGRESS and current in (GUEST_SUCCESS, GUEST_FAILURE):
+            raise resource.NoActionRequired(res_name=self.name,
+                                            reason='the guest already reported %s' % current)
+        self.data_set(_REPORT_KEY, json.dumps(report))
+        self.data_set(_REASON_KEY, reason)
+        self.data_set(_STATUS_KEY, status)
+        phase = report.get('phase') or 'boot'
+        if status == GUEST_IN_PROGRESS:
+            return 'phase %s%s' % (phase, ': %s' % reason if reason else '')
+        if status == GUEST_SUCCESS:
+            return 'GPU ready: driver %s, CUDA %s, %d GPU(s)%s' % (
+                report.get('driver_version'), report.get('cuda_version'),
+                len(report.get('gpus') or []), ', %s' % reason if reason else '')
+        return self._failure_text(reason, report)
+
+    def _resolve_attribute(self, name: str) -> Any:
+        if name not in self.ATTRIBUTES:
+            return super()._resolve_attribute(name)
+        status, reason, report = self._guest_state()
+        if name == self.BOOTSTRAP_STATUS:
+            return status
+        if name == self.FAILURE_REASON:
+            return reason if status == GUEST_FAILURE else None
+        if name == self.GPU_COUNT:
+            return len(report['gpus']) if 'gpus' in report else None
+        if name == self.PHASE_TIMES:
+            return report.get('phases')
+        return report.get(name)
+
+    @contextlib.contextmanager
+    def _properties_overridden(self, overrides: dict) -> Iterator[None]:
+        live = self.properties
+        self.properties = _PropertiesOverlay(live, overrides)
+        try:
+            yield
+        finally:
+            self.properties = live
+
+    def _flavor_name(self, flavor: Any) -> str:
+        name = getattr(flavor, 'name', None)
+        return name or str(self.properties[self.FLAVOR])
+
+    def _gpu_request(self, *, missing_flavor_ok: bool) -> gpu_request.GpuRequest | None:
+        """Return the flavor's GPU request; raise StackValidationFailed when it has none."""
+        flavor_id = self.properties[self.FLAVOR]
+        try:
+            flavor = self.client_plugin().get_flavor(flavor_id)
+            specs = getattr(flavor, 'extra_specs', None)
+            if not isinstance(specs, dict):
+                specs = flavor.get_keys()
+        except Exception as ex:
+            if missing_flavor_ok and self.client_plugin().is_not_found(ex):
+                return None
+            raise
+        try:
+            request = gpu_request.parse_gpu_request(specs)
+            if request is None:
+                raise gpu_exception.FlavorHasNoGpu(flavor=self._flavor_name(flavor))
+            self._check_cuda(request)
+        except gpu_exception.HeatGpuError as ex:
+            raise exception.StackValidationFailed(resource=self, message=str(ex))
+        return request
+
+    def _model(self, request: gpu_request.GpuRequest) -> catalog.GpuModel | None:
+        hint = self.properties[self.GPU_MODEL]
+        if hint:
+            return catalog.get(hint, prop=self.GPU_MODEL)
+        return request.model
+
+    def _check_cuda(self, request: gpu_request.GpuRequest) -> None:
+        version = self._setting(self.CUDA_VERSION, 'default_cuda_version')
+        model = self._model(request)
+        if model is not None:
+            cuda.check_cuda_version(version, model, prop=self.CUDA_VERSION)
+
+    def _validate_download_settings(self) -> None:
+        mirror = self.properties[self.MIRROR_URL]
+        if mirror is not None and not (mirror.startswith('https://') and len(mirror) > 8):
+            raise exception.StackValidationFailed(
+                resource=self,
+                message='Invalid value %r for mirror_url: an https:// base URL is accepted '
+                        '(the downloads carry the driver the guest runs as root).' % mirror)
+        for name, digest in (self.properties[self.CHECKSUMS] or {}).items():
+            if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+                raise exception.StackValidationFailed(
+                    resource=self,
+                    message='Invalid value %r for checksums.%s: a SHA-256 digest of 64 hex '
+                            'digits is accepted.' % (digest, name))
+
+    def _setting(self, prop: str, option: str) -> Any:
+        value = self.properties[prop]
+        return value if value is not None else getattr(cfg.CONF.heat_gpu, option)
+
+    def _bootstrap_timeout(self) -> int:
+        return int(self._setting(self.BOOTSTRAP_TIMEOUT, 'bootstrap_timeout'))
+
+    def _signal_target(self) -> dict:
+        """HEAT_SIGNAL credentials of this resource's stack user (the polling user)."""
+        return {
+            'transport': 'HEAT_SIGNAL',
+            'auth_url': self.keystone().server_keystone_endpoint_url(
+                fallback_endpoint=self.context.auth_url),
+            'user_id': self._get_user_id(),
+            'password': self.password,
+            'project_id': self.stack.stack_user_project_id,
+            'stack_id': self.stack.identifier().stack_path(),
+            'resource_name': self.name,
+            'region_name': self._get_region_name(),
+        }
+
+    def _settings(self, request: gpu_request.GpuRequest) -> dict:
+        model = self._model(request)
+        return {
+            'signal': self._signal_target(),
+            'cuda_version': self._setting(self.CUDA_VERSION, 'default_cuda_version'),
+            'driver_branch': self._setting(self.DRIVER_BRANCH, 'default_driver_branch'),
+            'install_method': self.properties[self.INSTALL_METHOD],
+            'kernel_modules': self.properties[self.KERNEL_MODULES],
+            'mirror_url': self._setting(self.MIRROR_URL, 'mirror_url'),
+            'checksums': dict(self.properties[self.CHECKSUMS] or {}),
+            'gpu_model': model.key if model else None,
+            'gpu_mode': request.mode,
+            'gpu_count': request.count,
+            'timeout': self._bootstrap_timeout(),
+        }
+
+    def _guest_state(self) -> tuple[str | None, str | None, dict]:
+        """The guest's last status, reason and report, read fresh from the database."""
+        if self.id is None:
+            return None, None, {}
+        try:
+            data = resource_data_objects.ResourceData.get_all(self)
+        except exception.NotFound:
+            return None, None, {}
+        try:
+            report = json.loads(data.get(_REPORT_KEY) or '{}')
+        except ValueError:
+            report = {}
+        return data.get(_STATUS_KEY), data.get(_REASON_KEY), report
+
+    def _parse_signal(self, details: Any) -> tuple[str, str, dict]:
+        if not isinstance(details, collections.abc.Mapping):
+            raise ValueError('Invalid signal body %r for %s: a JSON object with "status" (%s), '
+                             '"reason" and "data" is accepted.'
+                             % (details, self.name, ', '.join(GUEST_STATUSES)))
+        status = details.get('status')
+        if status not in GUEST_STATUSES:
+            raise ValueError('Invalid value %r for the signal "status" of %s: one of %s is '
+                             'accepted.' % (status, self.name, ', '.join(GUEST_STATUSES)))
+        reason = str(details.get('reason') or '')
+        data = details.get('data') or {}
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError:
+                raise ValueError('Invalid signal "data" for %s: a JSON-encoded object is '
+                                 'accepted, got %r.' % (self.name, data[:200]))
+        if not isinstance(data, collections.abc.Mapping):
+            raise ValueError('Invalid signal "data" for %s: a JSON object is accepted, got %r.'
+                             % (self.name, data))
+        return status, reason, dict(data)
+
+    @staticmethod
+    def _failure_text(reason: str | None, report: dict) -> str:
+        error = gpu_exception.BootstrapFailed(phase=report.get('phase') or 'boot',
+                                              reason=reason or 'no reason given',
+                                              log_tail=report.get('log_tail') or [])
+        tail = [str(line) for line in error.log_tail][-LOG_TAIL_LINES:]
+        if not tail:
+            return str(error)
+        return '%s\nLast %d log lines:\n%s' % (error, len(tail), '\n'.join(tail))
+
+
+def resource_mapping() -> dict:
+    config.register_opts(cfg.CONF)
+    return {'OS::GPU::CudaInstance': CudaInstance}

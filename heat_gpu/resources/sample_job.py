@@ -1,0 +1,333 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""OS::GPU::SampleJob: GPU sample programs run on a CudaInstance as a software deployment."""
+
+import collections.abc
+import contextlib
+import dataclasses
+import datetime
+import json
+from typing import Any, Iterator
+
+from oslo_config import cfg
+from oslo_log import log as logging
+from oslo_utils import timeutils
+
+from heat.common import exception
+from heat.engine import attributes
+from heat.engine import constraints
+from heat.engine import properties
+from heat.engine import resource
+from heat.engine.resources.openstack.heat import software_deployment
+from heat.engine import support
+from heat.rpc import api as rpc_api
+
+from heat_gpu import config
+from heat_gpu import exception as gpu_exception
+from heat_gpu import results
+
+LOG = logging.getLogger(__name__)
+
+_Deployment = software_deployment.SoftwareDeployment
+
+STDERR_TAIL_LINES = 20
+
+
+class _PropertiesOverlay(collections.abc.Mapping):
+    """The live properties plus the deployment properties SoftwareDeployment's code reads."""
+
+    def __init__(self, props: Any, overrides: dict) -> None:
+        self._props = props
+        self._overrides = overrides
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._overrides:
+            return self._overrides[key]
+        return self._props[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self._props) | set(self._overrides))
+
+    def __len__(self) -> int:
+        return len(set(self._props) | set(self._overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._props, name)
+
+
+@dataclasses.dataclass
+class _JobWait:
+    """What check_*_complete polls: the deployment and its deadline."""
+
+    deadline: datetime.datetime
+    timeout: int
+
+
+class SampleJob(_Deployment):
+    """Runs GPU sample programs on an OS::GPU::CudaInstance and reports the results.
+
+    The job is a Heat software deployment: Heat puts the sample runner (a ``script`` config whose
+    inputs are the samples, thresholds and the expected figures of the GPU model) into the
+    instance's metadata; the heat-gpu agent on the instance (or os-collect-config with the
+    heat-agents script hook) runs it and signals the output back. Each sample compiles a CUDA
+    program for the GPU's own architecture, runs it and compares the measured figure
+    (bandwidth, throughput) with the catalog figure of the GPU model. The resource fails, naming
+    the failing samples and why, when a sample fails or falls below its threshold. Changing any
+    property (``rerun`` exists for that) runs the job again.
+    """
+
+    support_status = support.SupportStatus(version='2026.1')
+
+    PROPERTIES = (
+        INSTANCE, SAMPLES, MIN_RATIO, THRESHOLDS, TIMEOUT, RERUN,
+    ) = (
+        'instance', 'samples', 'min_ratio', 'thresholds', 'timeout', 'rerun',
+    )
+
+    ATTRIBUTES = (
+        RESULTS, PASSED, SUMMARY, RAW,
+    ) = (
+        'results', 'passed', 'summary', 'raw',
+    )
+
+    properties_schema = {
+        INSTANCE: properties.Schema(
+            properties.Schema.STRING,
+            'The OS::GPU::CudaInstance (or the ID of a server with user_data_format '
+            'SOFTWARE_CONFIG that runs the heat-gpu agent) to run the samples on.',
+            required=True),
+        SAMPLES: properties.Schema(
+            properties.Schema.LIST,
+            'Sample programs to run. Default: every sample that applies to the instance '
+            '(p2p needs two GPUs).',
+            schema=properties.Schema(
+                properties.Schema.STRING,
+                constraints=[constraints.AllowedValues(results.SAMPLE_NAMES)]),
+            update_allowed=True),
+        MIN_RATIO: properties.Schema(
+            properties.Schema.NUMBER,
+            'Fraction of the expected figure (catalog bandwidth or throughput of the GPU '
+            'model) a sample must reach to pass. Default: the [heat_gpu] sample_min_ratio '
+            'option (0.8).',
+            constraints=[constraints.Range(0.0, 1.0)],
+            update_allowed=True),
+        THRESHOLDS: properties.Schema(
+            properties.Schema.MAP,
+            'Per-sample minimum ratios that override min_ratio, e.g. {"bandwidth": 0.6}.',
+            default={},
+            update_allowed=True),
+        TIMEOUT: properties.Schema(
+            properties.Schema.INTEGER,
+            'Seconds to wait for the results. Default: the [heat_gpu] sample_timeout option '
+            '(1800).',
+            constraints=[constraints.Range(30, 86400)],
+            update_allowed=True),
+        RERUN: properties.Schema(
+            properties.Schema.STRING,
+            'Any string; changing it runs the samples again on a stack update.',
+            default='',
+            update_allowed=True),
+    }
+
+    attributes_schema = {
+        RESULTS: attributes.Schema(
+            'Result of each sample: a list of maps with name, gpu_index, passed, metric, '
+            'unit, measured, expected, ratio and detail.',
+            type=attributes.Schema.LIST),
+        PASSED: attributes.Schema(
+            'True when every sample passed.', type=attributes.Schema.BOOLEAN),
+        SUMMARY: attributes.Schema(
+            'One line for humans, e.g. "4/4 passed; H2D 11.9 GB/s = 95% of PCIe Gen3 x16".',
+            type=attributes.Schema.STRING),
+        RAW: attributes.Schema(
+            'The sample runner\'s JSON output, unchanged.', type=attributes.Schema.STRING),
+        _Deployment.STDOUT: _Deployment.attributes_schema[_Deployment.STDOUT],
+        _Deployment.STDERR: _Deployment.attributes_schema[_Deployment.STDERR],
+        _Deployment.STATUS_CODE: _Deployment.attributes_schema[_Deployment.STATUS_CODE],
+    }
+
+    def validate(self) -> None:
+        resource.Resource.validate(self)
+        bad = {k: v for k, v in (self.properties[self.THRESHOLDS] or {}).items()
+               if k not in results.SAMPLE_NAMES or not _is_ratio(v)}
+        if bad:
+            key, value = sorted(bad.items())[0]
+            raise exception.StackValidationFailed(
+                resource=self,
+                message='Invalid value %r for thresholds.%s: keys are sample names (%s) and '
+                        'values numbers from 0.0 to 1.0.'
+                        % (value, key, ', '.join(results.SAMPLE_NAMES)))
+        instance = self.properties[self.INSTANCE]
+        target = self.stack.resource_by_refid(instance) if instance else None
+        if target is not None and target.properties.get('user_data_format') != 'SOFTWARE_CONFIG':
+            raise exception.StackValidationFailed(
+                resource=self,
+                message='Invalid value %r for instance: %s has user_data_format %s; an '
+                        'OS::GPU::CudaInstance or a server with SOFTWARE_CONFIG is accepted.'
+                        % (instance, target.name, target.properties.get('user_data_format')))
+
+    def handle_create(self) -> _JobWait:
+        super().handle_create()
+        return self._wait()
+
+    def check_create_complete(self, wait: _JobWait) -> bool:
+        return self._check_job(wait)
+
+    def handle_update(self, json_snippet: Any, tmpl_diff: Any, prop_diff: dict) -> _JobWait:
+        previous = self._get_derived_config_id() if self.resource_id else None
+        self.properties = json_snippet.properties(self.properties_schema, self.context)
+        self._handle_action(self.UPDATE, prev_derived_config=previous)
+        return self._wait()
+
+    def check_update_complete(self, wait: _JobWait) -> bool:
+        return self._check_job(wait)
+
+    def get_attribute(self, key: str, *path: Any) -> Any:
+        return resource.Resource.get_attribute(self, key, *path)
+
+    def _resolve_attribute(self, name: str) -> Any:
+        if self.resource_id is None:
+            return None
+        outputs = self._deployment()[rpc_api.SOFTWARE_DEPLOYMENT_OUTPUT_VALUES] or {}
+        if name not in self.ATTRIBUTES:
+            return outputs.get(name)
+        stdout = outputs.get(self.STDOUT)
+        if not stdout:
+            return None
+        if name == self.RAW:
+            return stdout
+        try:
+            report = self._evaluate(stdout)
+        except gpu_exception.HeatGpuError as ex:
+            LOG.warning('%s: cannot read the sample results: %s', self.name, ex)
+            return None
+        if name == self.RESULTS:
+            return [dict(r) for r in report.results]
+        if name == self.PASSED:
+            return report.passed
+        return report.summary
+
+    def _handle_action(self, action: str, config: Any = None,
+                       prev_derived_config: Any = None) -> Any:
+        if action not in (self.CREATE, self.UPDATE):
+            return None
+        overrides = {
+            _Deployment.SERVER: self.properties[self.INSTANCE],
+            _Deployment.CONFIG: None,
+            _Deployment.INPUT_VALUES: self._inputs(),
+            _Deployment.DEPLOY_ACTIONS: [self.CREATE, self.UPDATE],
+            _Deployment.NAME: None,
+            _Deployment.SIGNAL_TRANSPORT: self.HEAT_SIGNAL,
+        }
+        with self._properties_overridden(overrides):
+            return super()._handle_action(action, config=self._source_config(),
+                                          prev_derived_config=prev_derived_config)
+
+    @contextlib.contextmanager
+    def _properties_overridden(self, overrides: dict) -> Iterator[None]:
+        live = self.properties
+        self.properties = _PropertiesOverlay(live, overrides)
+        try:
+            yield
+        finally:
+            self.properties = live
+
+    def _source_config(self) -> dict:
+        return {
+            rpc_api.SOFTWARE_CONFIG_NAME: None,
+            rpc_api.SOFTWARE_CONFIG_GROUP: 'script',
+            rpc_api.SOFTWARE_CONFIG_CONFIG: results.runner_script(),
+            rpc_api.SOFTWARE_CONFIG_OPTIONS: {},
+            rpc_api.SOFTWARE_CONFIG_INPUTS: [],
+            rpc_api.SOFTWARE_CONFIG_OUTPUTS: [],
+        }
+
+    def _min_ratio(self) -> float:
+        value = self.properties[self.MIN_RATIO]
+        return float(value if value is not None else cfg.CONF.heat_gpu.sample_min_ratio)
+
+    def _timeout(self) -> int:
+        value = self.properties[self.TIMEOUT]
+        return int(value if value is not None else cfg.CONF.heat_gpu.sample_timeout)
+
+    def _inputs(self) -> dict:
+        return results.runner_inputs(samples=self.properties[self.SAMPLES],
+                                     min_ratio=self._min_ratio(),
+                                     thresholds=dict(self.properties[self.THRESHOLDS] or {}),
+                                     rerun=self.properties[self.RERUN])
+
+    def _evaluate(self, stdout: str) -> Any:
+        return results.evaluate(stdout, min_ratio=self._min_ratio(),
+                                thresholds=dict(self.properties[self.THRESHOLDS] or {}))
+
+    def _wait(self) -> _JobWait:
+        timeout = self._timeout()
+        return _JobWait(deadline=timeutils.utcnow() + datetime.timedelta(seconds=timeout),
+                        timeout=timeout)
+
+    def _deployment(self) -> dict:
+        return self.rpc_client().show_software_deployment(self.context, self.resource_id)
+
+    def _check_job(self, wait: _JobWait) -> bool:
+        sd = self._deployment()
+        status = sd[rpc_api.SOFTWARE_DEPLOYMENT_STATUS]
+        if status == self.IN_PROGRESS:
+            if timeutils.utcnow() > wait.deadline:
+                self._handle_cancel()
+                raise exception.ResourceInError(
+                    resource_status='TIMEOUT',
+                    status_reason='GPU sample job did not report within %d s (timeout); is '
+                                  'the heat-gpu agent running on the instance? Raise timeout '
+                                  'for slow GPUs.' % wait.timeout)
+            return False
+        outputs = sd[rpc_api.SOFTWARE_DEPLOYMENT_OUTPUT_VALUES] or {}
+        stdout = outputs.get(self.STDOUT) or ''
+        try:
+            report = self._evaluate(stdout)
+        except gpu_exception.HeatGpuError as ex:
+            raise exception.ResourceInError(
+                resource_status=status,
+                status_reason='GPU sample job failed: %s (status %s: %s)%s' % (
+                    ex, outputs.get(self.STATUS_CODE),
+                    sd[rpc_api.SOFTWARE_DEPLOYMENT_STATUS_REASON],
+                    _tail(outputs.get(self.STDERR))))
+        if not report.passed:
+            error = gpu_exception.SampleJobFailed(reason=results.failure_reason(report),
+                                                  results=report.results)
+            raise exception.ResourceInError(resource_status=self.FAILED,
+                                            status_reason='%s; %s' % (error, report.summary))
+        if status == self.FAILED:
+            raise exception.ResourceInError(
+                resource_status=status,
+                status_reason='GPU sample job failed: %s%s' % (
+                    sd[rpc_api.SOFTWARE_DEPLOYMENT_STATUS_REASON],
+                    _tail(outputs.get(self.STDERR))))
+        return True
+
+
+def _is_ratio(value: Any) -> bool:
+    try:
+        return 0.0 <= float(value) <= 1.0 and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        return False
+
+
+def _tail(text: str | None) -> str:
+    lines = (text or '').strip().splitlines()[-STDERR_TAIL_LINES:]
+    return '\nLast %d lines of stderr:\n%s' % (len(lines), '\n'.join(lines)) if lines else ''
+
+
+def resource_mapping() -> dict:
+    config.register_opts(cfg.CONF)
+    return {'OS::GPU::SampleJob': SampleJob}

@@ -1,0 +1,352 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""OS::GPU::CudaInstance in a Heat engine with a fake novaclient."""
+
+# heat.tests.common must be imported before anything imports heat.engine.stack.
+from heat.tests import common  # isort: skip
+
+import base64
+import copy
+import datetime
+import email
+import gzip
+import json
+import os
+import sys
+
+from oslo_config import cfg
+from oslo_utils import timeutils
+import yaml
+
+from heat.common import exception
+from heat.common import template_format
+from heat.engine.clients.os import glance
+from heat.engine.clients.os import nova
+from heat.engine import resource
+from heat.engine import resources
+from heat.engine import scheduler
+from heat.objects import event as event_object
+from heat.tests.openstack.nova import fakes as fakes_nova
+from heat.tests import utils
+
+from heat_gpu.resources import cuda_instance
+
+TENANT_SCRIPT = '#!/bin/sh\necho tenant-part > /tmp/tenant\n'
+
+TEMPLATE = '''
+heat_template_version: 2021-04-16
+resources:
+  gpu_vm:
+    type: OS::GPU::CudaInstance
+    properties:
+      image: ubuntu-22.04
+      flavor: gpu.p100
+      user_data: |
+        #!/bin/sh
+        echo tenant-part > /tmp/tenant
+'''
+
+FLAVOR_SPECS = {
+    'gpu.p100': {'pci_passthrough:alias': 'p100:1', 'hw:pci_numa_affinity_policy': 'preferred'},
+    'gpu.a100x2': {'pci_passthrough:alias': 'a100:2'},
+    'gpu.vgpu': {'resources:VGPU': '1', 'trait:CUSTOM_NVIDIA_11': 'required'},
+    'm1.large': {'hw:cpu_policy': 'dedicated'},
+}
+
+GPU = {'index': 0, 'name': 'Tesla P100-PCIE-16GB', 'pci_address': '0000:00:05.0',
+       'memory_mib': 16384, 'uuid': 'GPU-4b5c1d2e', 'pci_id': '10de:15f8'}
+
+
+def init_global_environment() -> None:
+    """Load heat's global environment from the installed heat (``sys.prefix/etc/heat``).
+
+    HeatTestCase looks for etc/heat beside the heat package, where only a source tree has it.
+    """
+    env_dir = os.path.join(sys.prefix, 'etc', 'heat', 'environment.d')
+    if os.path.isdir(env_dir):
+        cfg.CONF.set_default('environment_dir', env_dir)
+    resources.initialise()
+
+
+class FakeFlavor:
+    def __init__(self, name: str) -> None:
+        self.id = name
+        self.name = name
+        self.ram = 16384
+        self.disk = 40
+        self.extra_specs = copy.deepcopy(FLAVOR_SPECS[name])
+
+
+class FakeImage:
+    status = 'active'
+    min_ram = 0
+    min_disk = 0
+
+
+def report(**kwargs) -> str:
+    doc = {'phase': 'verify', 'phases': {'detect': 1.5, 'install-driver': 120.0},
+           'gpus': [GPU], 'driver_version': '550.163.01', 'cuda_version': '12.4',
+           'method': 'packages', 'distro': 'ubuntu-22.04', 'log_tail': ['line 1', 'line 2']}
+    doc.update(kwargs)
+    return json.dumps(doc)
+
+
+def bootstrap_settings(user_data: str) -> dict:
+    """Find /etc/heat-gpu/bootstrap.json in the cloud-config part of the user data."""
+    for part in email.message_from_string(user_data).walk():
+        if part.get_content_type() != 'text/cloud-config':
+            continue
+        doc = yaml.safe_load(part.get_payload(decode=True))
+        for entry in (doc or {}).get('write_files', []):
+            if entry.get('path') != '/etc/heat-gpu/bootstrap.json':
+                continue
+            content = entry['content']
+            encoding = entry.get('encoding', '')
+            if 'b64' in encoding or 'base64' in encoding:
+                content = base64.b64decode(content)
+            if 'gz' in encoding:
+                content = gzip.decompress(content)
+            if isinstance(content, bytes):
+                content = content.decode('utf-8')
+            return json.loads(content)
+    raise AssertionError('no bootstrap.json in the user data')
+
+
+def attr(rsrc, name: str):
+    """Read an attribute afresh (Heat caches resolved attributes per resource object)."""
+    rsrc.attributes.reset_resolved_values()
+    return rsrc.FnGetAtt(name)
+
+
+def payloads(user_data: str) -> list:
+    return [p.get_payload(decode=True).decode('utf-8')
+            for p in email.message_from_string(user_data).walk() if not p.is_multipart()]
+
+
+class CudaInstanceTest(common.HeatTestCase):
+
+    def setUp(self):
+        init_global_environment()
+        super().setUp()
+        for name, cls in cuda_instance.resource_mapping().items():
+            resource._register_class(name, cls)
+        self.fc = fakes_nova.FakeClient()
+        self.patchobject(nova.NovaClientPlugin, 'client', return_value=self.fc)
+        self.patchobject(nova.NovaClientPlugin, 'find_flavor_by_name_or_id',
+                         side_effect=lambda name: name)
+        self.patchobject(nova.NovaClientPlugin, 'get_flavor', side_effect=FakeFlavor)
+        self.patchobject(glance.GlanceClientPlugin, 'find_image_by_name_or_id',
+                         side_effect=lambda name: name)
+        self.patchobject(glance.GlanceClientPlugin, 'get_image', return_value=FakeImage())
+        self.stub_ImageConstraint_validate()
+        self.stub_FlavorConstraint_validate()
+        self.server = self.fc.servers.list()[1]
+        self.server.status = 'BUILD'
+        self.create = self.patchobject(self.fc.servers, 'create', return_value=self.server)
+        self.patchobject(self.fc.servers, 'get', return_value=self.server)
+        self.patchobject(cuda_instance.CudaInstance, 'store_external_ports')
+
+    def _stack(self, **props):
+        tmpl = template_format.parse(TEMPLATE)
+        tmpl['resources']['gpu_vm']['properties'].update(props)
+        return utils.parse_stack(tmpl, stack_name='gpu-stack')
+
+    def _start(self, **props):
+        stack = self._stack(**props)
+        rsrc = stack['gpu_vm']
+        runner = scheduler.TaskRunner(rsrc.create)
+        runner.start()
+        return stack, rsrc, runner
+
+    def _events(self, stack):
+        return [e.resource_status_reason
+                for e in event_object.Event.get_all_by_stack(stack.context, stack.id)]
+
+    def test_flavor_without_gpu_fails_validation(self):
+        stack = self._stack(flavor='m1.large')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('Flavor m1.large requests no GPU', str(exc))
+        self.assertIn('pci_passthrough:alias', str(exc))
+
+    def test_flavor_without_gpu_stops_create_before_boot(self):
+        stack = self._stack(flavor='m1.large')
+        rsrc = stack['gpu_vm']
+        exc = self.assertRaises(exception.ResourceFailure, scheduler.TaskRunner(rsrc.create))
+        self.assertIn('m1.large', str(exc))
+        self.create.assert_not_called()
+        self.assertIsNone(rsrc.resource_id)
+
+    def test_gpu_flavors_validate(self):
+        for flavor in ('gpu.p100', 'gpu.a100x2', 'gpu.vgpu'):
+            self.assertIsNone(self._stack(flavor=flavor)['gpu_vm'].validate())
+
+    def test_cuda_version_too_new_for_pascal(self):
+        stack = self._stack(cuda_version='13.0')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('13.0', str(exc))
+        self.assertIn('P100', str(exc))
+
+    def test_cuda_version_fine_for_ampere(self):
+        stack = self._stack(flavor='gpu.a100x2', cuda_version='12.4')
+        self.assertIsNone(stack['gpu_vm'].validate())
+
+    def test_cuda_version_pattern(self):
+        stack = self._stack(cuda_version='latest')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('cuda_version', str(exc))
+        self.assertIn('MAJOR.MINOR', str(exc))
+
+    def test_gpu_model_hint_unknown(self):
+        stack = self._stack(flavor='gpu.vgpu', gpu_model='Z9000')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('Z9000', str(exc))
+        self.assertIn('gpu_model', str(exc))
+
+    def test_http_mirror_refused(self):
+        stack = self._stack(mirror_url='http://mirror.example.com/nvidia')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('mirror_url', str(exc))
+        self.assertIn('http://mirror.example.com/nvidia', str(exc))
+        self.assertIn('https://', str(exc))
+
+    def test_bad_checksum_refused(self):
+        stack = self._stack(checksums={'cuda.run': 'abc123'})
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('checksums.cuda.run', str(exc))
+        self.assertIn('64 hex', str(exc))
+
+    def test_timeout_range(self):
+        stack = self._stack(bootstrap_timeout=10)
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('bootstrap_timeout', str(exc))
+
+    def test_software_config_format_is_fixed(self):
+        stack = self._stack(user_data_format='RAW')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('user_data_format', str(exc))
+        self.assertIn('SOFTWARE_CONFIG', str(exc))
+
+    def test_user_data_carries_settings_and_tenant_part(self):
+        stack, rsrc, runner = self._start(cuda_version='12.4', mirror_url='https://m.example/nv')
+        self.assertEqual(self.server.id, rsrc.resource_id)
+        user_data = self.create.call_args.kwargs['userdata']
+        settings = bootstrap_settings(user_data)
+        signal = settings['signal']
+        self.assertEqual('HEAT_SIGNAL', signal['transport'])
+        self.assertEqual(rsrc._get_user_id(), signal['user_id'])
+        self.assertEqual(rsrc.password, signal['password'])
+        self.assertTrue(signal['password'])
+        self.assertEqual(stack.stack_user_project_id, signal['project_id'])
+        self.assertEqual('gpu-stack/%s' % stack.id, signal['stack_id'])
+        self.assertEqual('gpu_vm', signal['resource_name'])
+        self.assertEqual('12.4', settings['cuda_version'])
+        self.assertEqual('https://m.example/nv', settings['mirror_url'])
+        parts = payloads(user_data)
+        self.assertIn(TENANT_SCRIPT, parts)
+        self.assertTrue(any(p.startswith('#!/bin/bash') and 'heat-gpu' in p for p in parts))
+        occ = rsrc.metadata_get()['os-collect-config']['heat']
+        self.assertEqual(signal['user_id'], occ['user_id'])
+        self.assertEqual(signal['password'], occ['password'])
+
+    def test_progress_then_success(self):
+        stack, rsrc, runner = self._start()
+        self.server.status = 'ACTIVE'
+        self.assertFalse(runner.step())
+        rsrc.signal({'status': 'IN_PROGRESS', 'id': 'heat-gpu', 'reason': 'driver 550',
+                     'data': json.dumps({'phase': 'install-driver', 'phases': {'detect': 1.5}})})
+        self.assertFalse(runner.step())
+        self.assertIn('Signal: phase install-driver: driver 550', self._events(stack))
+        self.assertEqual('IN_PROGRESS', attr(rsrc, 'bootstrap_status'))
+        rsrc.signal({'status': 'SUCCESS', 'id': 'heat-gpu', 'reason': 'verified',
+                     'data': report()})
+        runner.run_to_completion()
+        self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+        self.assertEqual([GPU], attr(rsrc, 'gpus'))
+        self.assertEqual(1, attr(rsrc, 'gpu_count'))
+        self.assertEqual('550.163.01', attr(rsrc, 'driver_version'))
+        self.assertEqual('12.4', attr(rsrc, 'cuda_version'))
+        self.assertEqual({'detect': 1.5, 'install-driver': 120.0}, attr(rsrc, 'phase_times'))
+        self.assertEqual('SUCCESS', attr(rsrc, 'bootstrap_status'))
+        self.assertIsNone(attr(rsrc, 'failure_reason'))
+        self.assertEqual(['line 1', 'line 2'], attr(rsrc, 'log_tail'))
+
+    def test_success_waits_for_active_server(self):
+        stack, rsrc, runner = self._start()
+        rsrc.signal({'status': 'SUCCESS', 'data': report()})
+        self.assertFalse(runner.step())
+        self.server.status = 'ACTIVE'
+        self.assertTrue(runner.step())
+
+    def test_late_progress_does_not_undo_success(self):
+        stack, rsrc, runner = self._start()
+        rsrc.signal({'status': 'SUCCESS', 'data': report()})
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': json.dumps({'phase': 'verify'})})
+        self.assertEqual('SUCCESS', attr(rsrc, 'bootstrap_status'))
+
+    def test_failure_reports_reason_and_log_tail(self):
+        stack, rsrc, runner = self._start()
+        tail = ['dkms: building nvidia/550', 'error: kernel headers 5.15.0-91 not found']
+        rsrc.signal({'status': 'FAILURE', 'id': 'heat-gpu',
+                     'reason': 'install linux-headers-5.15.0-91-generic and retry',
+                     'data': report(phase='install-driver', log_tail=tail)})
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertIn('GPU bootstrap failed in phase install-driver', str(exc))
+        self.assertIn('install linux-headers-5.15.0-91-generic and retry', str(exc))
+        self.assertIn('error: kernel headers 5.15.0-91 not found', str(exc))
+        self.assertEqual((rsrc.CREATE, rsrc.FAILED), rsrc.state)
+        self.assertIn('kernel headers 5.15.0-91 not found', rsrc.status_reason)
+        self.assertEqual('FAILURE', attr(rsrc, 'bootstrap_status'))
+        self.assertEqual('install linux-headers-5.15.0-91-generic and retry',
+                         attr(rsrc, 'failure_reason'))
+        self.assertEqual(tail, attr(rsrc, 'log_tail'))
+
+    def test_timeout(self):
+        stack, rsrc, runner = self._start(bootstrap_timeout=600)
+        self.server.status = 'ACTIVE'
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': json.dumps({'phase': 'install-cuda'})})
+        self.assertFalse(runner.step())
+        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=601))
+        self.addCleanup(timeutils.clear_time_override)
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertIn('did not finish within 600 s', str(exc))
+        self.assertIn('install-cuda', str(exc))
+
+    def test_bad_signal_named(self):
+        stack, rsrc, runner = self._start()
+        exc = self.assertRaises(exception.ResourceFailure, rsrc.signal, {'status': 'DONE'})
+        self.assertIn("'DONE'", str(exc))
+        self.assertIn('IN_PROGRESS, SUCCESS, FAILURE', str(exc))
+        exc = self.assertRaises(exception.ResourceFailure, rsrc.signal,
+                                {'status': 'SUCCESS', 'data': 'not json'})
+        self.assertIn('JSON', str(exc))
+        self.assertIsNone(attr(rsrc, 'bootstrap_status'))
+
+    def test_attributes_before_any_report(self):
+        stack, rsrc, runner = self._start()
+        self.assertIsNone(attr(rsrc, 'gpus'))
+        self.assertIsNone(attr(rsrc, 'gpu_count'))
+        self.assertIsNone(attr(rsrc, 'bootstrap_status'))
+
+    def test_delete_removes_server_and_stack_user(self):
+        stack, rsrc, runner = self._start()
+        self.server.status = 'ACTIVE'
+        rsrc.signal({'status': 'SUCCESS', 'data': report()})
+        runner.run_to_completion()
+        self.assertIsNotNone(rsrc.data().get('user_id'))
+        delete = self.patchobject(self.fc.servers, 'delete')
+        self.patchobject(self.fc.servers, 'get', side_effect=fakes_nova.fake_exception())
+        scheduler.TaskRunner(rsrc.delete)()
+        self.assertEqual((rsrc.DELETE, rsrc.COMPLETE), rsrc.state)
+        delete.assert_called_once_with(self.server.id)
+        self.assertNotIn('user_id', rsrc.data())

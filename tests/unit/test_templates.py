@@ -1,0 +1,404 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The templates of hot/ and environments/: lint, Horizon readiness, template version, and
+validation by heat's own template parser and stack validation (no cloud: custom constraints
+that need a cloud are not evaluated; the local cloud's functional tests do that)."""
+
+# heat.tests.common first: importing heat.engine.stack before it selects the eventlet backend of
+# oslo.service and HeatTestCase then fails with BackendAlreadySelected.
+import heat.tests.common  # noqa: F401  (imported for its side effect, see above)
+
+import glob
+import os
+import re
+
+import fixtures
+import testscenarios
+import testtools
+import yaml
+from yamllint import config as yamllint_config
+from yamllint import linter
+
+from heat.common import template_format
+from heat.engine import function
+from heat.engine.hot import functions as hot_funcs
+from heat.engine import resources
+from heat.engine import stack as parser
+from heat.engine import template
+from heat.tests import utils
+from heatclient.common import template_utils
+
+from heat_gpu import catalog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PORTABLE_ENV = os.path.join(ROOT, 'environments', 'portable.yaml')
+
+#: Templates a tenant or admin launches (Horizon's Launch Stack form).
+LAUNCHABLE = sorted(glob.glob(os.path.join(ROOT, 'hot', '*.yaml')))
+#: Every HOT template of the repository: launchable ones, nested ones, providers, TripleO pieces.
+TEMPLATES = sorted(LAUNCHABLE + glob.glob(os.path.join(ROOT, 'hot', 'lib', '*.yaml'))
+                   + glob.glob(os.path.join(ROOT, 'environments', 'providers', '*.yaml'))
+                   + glob.glob(os.path.join(ROOT, 'environments', 'tripleo', 'firstboot',
+                                            '*.yaml')))
+#: Every YAML file yamllint checks (tools/lint.sh runs yamllint on hot and environments too).
+YAML_FILES = sorted(glob.glob(os.path.join(ROOT, 'hot', '**', '*.yaml'), recursive=True)
+                    + glob.glob(os.path.join(ROOT, 'environments', '**', '*.yaml'),
+                                recursive=True))
+
+#: The custom constraints heat-dashboard turns into drop-downs; any other renders empty.
+DROP_DOWNS = {'nova.flavor', 'glance.image', 'nova.keypair', 'neutron.network'}
+#: Parameters that name a cloud object, and the drop-down they must have.
+CLOUD_OBJECTS = {'flavor': 'nova.flavor', 'image': 'glance.image', 'key_name': 'nova.keypair'}
+
+load_tests = testscenarios.load_tests_apply_scenarios
+
+
+def rel(path: str) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def read(path: str) -> str:
+    with open(path, encoding='utf-8') as stream:
+        return stream.read()
+
+
+def hot_versions() -> list[tuple[str, type]]:
+    """heat's HOT template versions (dated names only), oldest first, with their classes."""
+    manager = template._get_template_extension_manager()
+    found = []
+    for ext in manager:
+        kind, _, version = ext.name.partition('.')
+        if kind == 'heat_template_version' and re.match(r'^\d{4}-\d{2}-\d{2}$', version):
+            found.append((version, ext.plugin))
+    return sorted(found)
+
+
+def walk(node, *, path: str = ''):
+    """Yield (path, node) for every node of a parsed template."""
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, path='%s.%s' % (path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, path='%s[%d]' % (path, index))
+
+
+def usable(cls: type, name: str, *, conditions: bool = False) -> type | None:
+    """The function class version *cls* maps *name* to, or None when it has none."""
+    table = cls.condition_functions if conditions else cls.functions
+    fn = table.get(name)
+    if fn is None or issubclass(fn, (hot_funcs.Removed, function.Invalid)):
+        return None
+    return fn
+
+
+def needs(cls: type, tmpl: dict) -> list[str]:
+    """What *tmpl* uses that HOT version *cls* does not offer (empty: cls suffices)."""
+    newest = hot_versions()[-1][1]
+    names = set(newest.functions) | set(newest.condition_functions)
+    missing = []
+    for key in tmpl:
+        if key not in cls.SECTIONS:
+            missing.append('section %s' % key)
+    schema_keys = set(cls.param_schema_class.PARAMETER_KEYS)
+    for name, param in (tmpl.get('parameters') or {}).items():
+        for key in param:
+            if key not in schema_keys:
+                missing.append('parameter key %s (%s)' % (key, name))
+    for name, res in (tmpl.get('resources') or {}).items():
+        for key in res:
+            if key not in cls._RESOURCE_KEYS:
+                missing.append('resource key %s (%s)' % (key, name))
+    for name, out in (tmpl.get('outputs') or {}).items():
+        for key in out:
+            if key not in cls.OUTPUT_KEYS:
+                missing.append('output key %s (%s)' % (key, name))
+    for section, conditions in (('conditions', True), ('parameters', None),
+                                ('resources', False), ('outputs', False)):
+        if conditions is None:
+            continue
+        for path, node in walk(tmpl.get(section) or {}, path=section):
+            if not (isinstance(node, dict) and len(node) == 1):
+                continue
+            (name, args), = node.items()
+            if name not in names:
+                continue
+            fn = usable(cls, name, conditions=conditions)
+            if fn is None:
+                missing.append('function %s at %s' % (name, path))
+                continue
+            missing.extend(_semantics(fn, name, args, path, tmpl.get('parameters') or {}))
+    return missing
+
+
+def _semantics(fn: type, name: str, args, path: str, params: dict) -> list[str]:
+    """Uses of a function that only later versions' implementation of it accepts."""
+    if name == 'get_attr' and isinstance(args, list) and len(args) == 1:
+        if not issubclass(fn, hot_funcs.GetAttAllAttributes):
+            return ['get_attr of all attributes at %s' % path]
+    if name == 'str_replace' and isinstance(args, dict):
+        values = (args.get('params') or {}).values()
+        structured = [v for v in values if _structured(v, params)]
+        if structured and not issubclass(fn, hot_funcs.ReplaceJson):
+            return ['str_replace with map or list values at %s' % path]
+    if name == 'list_join' and isinstance(args, list) and len(args) > 2:
+        if not issubclass(fn, hot_funcs.JoinMultiple):
+            return ['list_join of several lists at %s' % path]
+    if name == 'repeat' and isinstance(args, dict):
+        if 'permutations' in args and not issubclass(fn, hot_funcs.RepeatWithNestedLoop):
+            return ['repeat permutations at %s' % path]
+    return []
+
+
+def _structured(value, params: dict) -> bool:
+    """Whether a str_replace parameter value is a map or list (literal or json parameter)."""
+    if isinstance(value, list):
+        return True
+    if not isinstance(value, dict):
+        return False
+    if len(value) != 1:
+        return True
+    (key, arg), = value.items()
+    newest = hot_versions()[-1][1]
+    if key not in newest.functions:
+        return True
+    if key == 'get_param':
+        name = arg[0] if isinstance(arg, list) else arg
+        return (params.get(name) or {}).get('type') in ('json', 'comma_delimited_list')
+    return False
+
+
+def load_with_files(path: str, *, env_paths: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+    """Template, files and environment, collected the way the openstack client does."""
+    files, env = template_utils.process_multiple_environments_and_files(env_paths=list(env_paths))
+    tfiles, tmpl = template_utils.get_template_contents(template_file=path)
+    files.update(tfiles)
+    return tmpl, files, env
+
+
+def validate_stack(tmpl: dict, files: dict, env: dict) -> None:
+    """heat's template-validate: every function, reference and property schema is checked."""
+    from heat.engine import environment
+    stack = parser.Stack(utils.dummy_context(), 'heat_gpu_test',
+                         template.Template(tmpl, files=files, env=environment.Environment(env)),
+                         strict_validate=False)
+    stack.validate(validate_res_tmpl_only=True)
+
+
+class TestLint(testtools.TestCase):
+
+    def test_yamllint(self):
+        conf = yamllint_config.YamlLintConfig(file=os.path.join(ROOT, '.yamllint'))
+        problems = []
+        for path in YAML_FILES:
+            for problem in linter.run(read(path), conf, path):
+                problems.append('%s:%d:%d %s' % (rel(path), problem.line, problem.column,
+                                                 problem.message))
+        self.assertEqual([], problems)
+        self.assertGreater(len(YAML_FILES), 10)
+
+    def test_line_length_rule_is_120(self):
+        conf = yamllint_config.YamlLintConfig(file=os.path.join(ROOT, '.yamllint'))
+        self.assertEqual(120, conf.rules['line-length']['max'])
+
+
+class TestEachTemplate(testtools.TestCase):
+
+    scenarios = [(rel(p), {'path': p}) for p in TEMPLATES]
+
+    def setUp(self):
+        super().setUp()
+        self.text = read(self.path)
+        self.tmpl = template_format.parse(self.text)
+
+    def test_starts_with_version_and_folded_description(self):
+        keys = list(yaml.safe_load(self.text))
+        self.assertEqual(['heat_template_version', 'description'], keys[:2])
+        self.assertRegex(self.text, r'(?m)^description: >\n  \S')
+        self.assertGreater(len(self.tmpl['description'].split()), 8)
+
+    def test_parameters_are_documented(self):
+        for name, param in (self.tmpl.get('parameters') or {}).items():
+            for key in ('type', 'label', 'description'):
+                self.assertIn(key, param, 'parameter %s has no %s' % (name, key))
+            self.assertTrue('default' in param or param.get('constraints'),
+                            'parameter %s has neither a default nor a constraint' % name)
+            for constraint in param.get('constraints') or []:
+                custom = constraint.get('custom_constraint')
+                if custom is not None:
+                    self.assertIn(custom, DROP_DOWNS, 'parameter %s' % name)
+
+    def test_cloud_objects_have_their_drop_down(self):
+        for name, param in (self.tmpl.get('parameters') or {}).items():
+            customs = [c['custom_constraint'] for c in param.get('constraints') or []
+                       if 'custom_constraint' in c]
+            if name in CLOUD_OBJECTS:
+                self.assertEqual([CLOUD_OBJECTS[name]], customs, 'parameter %s' % name)
+
+    def test_network_is_optional_text(self):
+        param = (self.tmpl.get('parameters') or {}).get('network')
+        if param is None:
+            self.skipTest('no network parameter')
+        self.assertEqual('string', param['type'])
+        self.assertEqual('', param['default'])
+        self.assertNotIn('custom_constraint', str(param.get('constraints')))
+
+    def test_parameter_groups_cover_every_parameter(self):
+        params = list(self.tmpl.get('parameters') or {})
+        if not params:
+            self.assertNotIn('parameter_groups', self.tmpl)
+            return
+        grouped = [p for g in self.tmpl['parameter_groups'] for p in g['parameters']]
+        self.assertEqual(sorted(params), sorted(grouped))
+        for group in self.tmpl['parameter_groups']:
+            self.assertTrue(group.get('label') and group.get('description'), group)
+
+    def test_version_is_the_oldest_that_works(self):
+        versions = hot_versions()
+        declared = str(self.tmpl['heat_template_version'])
+        names = [v for v, _ in versions]
+        self.assertIn(declared, names, 'use a dated heat_template_version')
+        classes = dict(versions)
+        self.assertEqual([], needs(classes[declared], self.tmpl))
+        older = names[:names.index(declared)]
+        if older:
+            self.assertNotEqual([], needs(classes[older[-1]], self.tmpl),
+                                '%s would do; declare the oldest version that works'
+                                % older[-1])
+
+    def test_heat_parses_and_validates_it(self):
+        resources.initialise()
+        tmpl, files, env = load_with_files(self.path)
+        for name in files:
+            self.assertTrue(name.startswith('file://'), name)
+        self.assertEqual(self.tmpl['heat_template_version'], tmpl['heat_template_version'])
+        if rel(self.path).startswith('hot' + os.sep):
+            tmpl, files, env = load_with_files(self.path, env_paths=(PORTABLE_ENV,))
+        validate_stack(tmpl, files, env)
+
+    def test_no_inline_scripts(self):
+        for path, node in walk(self.tmpl):
+            if isinstance(node, str):
+                self.assertFalse(node.lstrip().startswith('#!'),
+                                 'a script pasted at %s: put it in a file and use get_file' % path)
+
+    def test_get_file_targets_exist(self):
+        base = os.path.dirname(self.path)
+        for path, node in walk(self.tmpl):
+            if isinstance(node, dict) and set(node) == {'get_file'}:
+                target = os.path.normpath(os.path.join(base, node['get_file']))
+                self.assertTrue(os.path.isfile(target), '%s: %s' % (path, rel(target)))
+                self.assertTrue(target.startswith(ROOT + os.sep))
+
+
+class TestVersionCheck(testtools.TestCase):
+    """The version check itself: it must reject what a version lacks."""
+
+    def test_conditions_need_newton(self):
+        classes = dict(hot_versions())
+        tmpl = {'heat_template_version': '2016-04-08', 'description': 'x',
+                'conditions': {'c': {'equals': [1, 1]}}, 'resources': {}}
+        self.assertIn('section conditions', needs(classes['2016-04-08'], tmpl))
+        self.assertEqual([], needs(classes['2016-10-14'], tmpl))
+
+    def test_contains_in_conditions_needs_pike(self):
+        classes = dict(hot_versions())
+        tmpl = {'conditions': {'c': {'contains': ['a', ['a']]}}}
+        self.assertTrue(needs(classes['2017-02-24'], tmpl))
+        self.assertEqual([], needs(classes['2017-09-01'], tmpl))
+
+    def test_yaql_needs_newton(self):
+        classes = dict(hot_versions())
+        tmpl = {'outputs': {'o': {'value': {'yaql': {'expression': '1'}}}}}
+        self.assertTrue(needs(classes['2016-04-08'], tmpl))
+        self.assertEqual([], needs(classes['2016-10-14'], tmpl))
+
+    def test_str_replace_of_a_map_needs_liberty(self):
+        classes = dict(hot_versions())
+        tmpl = {'outputs': {'o': {'value': {'str_replace': {'template': 'X',
+                                                            'params': {'X': {'a': 1}}}}}}}
+        self.assertTrue(needs(classes['2015-04-30'], tmpl))
+        self.assertEqual([], needs(classes['2015-10-15'], tmpl))
+
+
+class TestLaunchable(testtools.TestCase):
+
+    scenarios = [(rel(p), {'path': p}) for p in LAUNCHABLE]
+
+    def test_validates_with_the_plugin(self):
+        from heat.engine import resource
+        from heat_gpu.resources import cuda_instance
+        from heat_gpu.resources import gpu_flavor
+        from heat_gpu.resources import sample_job
+        resources.initialise()
+        for module in (cuda_instance, gpu_flavor, sample_job):
+            for name, cls in module.resource_mapping().items():
+                resource._register_class(name, cls)
+        tmpl, files, env = load_with_files(self.path)
+        validate_stack(tmpl, files, env)
+
+    def test_validates_with_the_portable_environment(self):
+        resources.initialise()
+        tmpl, files, env = load_with_files(self.path, env_paths=(PORTABLE_ENV,))
+        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'},
+                         set(env['resource_registry']))
+        for target in env['resource_registry'].values():
+            self.assertIn(target, files)
+        validate_stack(tmpl, files, env)
+
+
+class TestHorizonNetwork(testtools.TestCase):
+    """Why network is a text box: heat checks neutron.network even for an empty value."""
+
+    def test_neutron_network_constraint_runs_on_empty_value(self):
+        resources.initialise()
+        looked_up = []
+
+        def record(constraint, client, value):
+            looked_up.append(value)
+
+        # The lookup needs a neutron endpoint, which this machine has not: record what heat asks
+        # the network service instead of asking it.
+        self.useFixture(fixtures.MonkeyPatch(
+            'heat.engine.clients.os.neutron.neutron_constraints.NetworkConstraint.'
+            'validate_with_client', record))
+        tmpl = template_format.parse('''
+heat_template_version: 2016-10-14
+parameters:
+  network:
+    type: string
+    default: ''
+    constraints:
+      - custom_constraint: neutron.network
+resources: {}
+''')
+        stack = parser.Stack(utils.dummy_context(), 'net', template.Template(tmpl))
+        stack.validate()
+        self.assertEqual([''], looked_up)
+
+
+class TestCatalogCopies(testtools.TestCase):
+    """Lists in templates that repeat the catalog stay equal to it."""
+
+    def test_flavor_set_models(self):
+        tmpl = template_format.parse(read(os.path.join(ROOT, 'hot', 'gpu_flavors.yaml')))
+        allowed = tmpl['parameters']['gpu_models']['constraints'][0]['allowed_values']
+        self.assertEqual(catalog.keys(), allowed)
+
+    def test_provider_model_aliases(self):
+        path = os.path.join(ROOT, 'environments', 'providers', 'gpu_flavor.yaml')
+        tmpl = template_format.parse(read(path))
+        self.assertEqual({m.key: m.alias for m in catalog.models()},
+                         tmpl['parameters']['model_aliases']['default'])

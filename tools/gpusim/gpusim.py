@@ -1,0 +1,1273 @@
+#!/usr/bin/env python3
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""A simulated GPU guest: NVIDIA devices on the PCI bus and the commands of a Linux guest.
+
+The same file is the Python API (``make_guest``, ``reboot``, ``commands``, ...) and, copied into
+the sandbox, the implementation of every stub command (``gpusim.py --stub NAME ARGS...``).
+Only the standard library is used. See README.md next to this file for the interface.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Iterable
+
+SIM_DIR = '.gpusim'
+
+FAULTS = ('no-gpu', 'package-install-fails', 'checksum-mismatch', 'download-fails', 'nvcc-fails')
+
+NVIDIA_HOST = 'developer.download.nvidia.com'
+
+#: distro -> version -> (pretty name, running kernel, family)
+DISTROS: dict[str, dict[str, tuple[str, str, str]]] = {
+    'ubuntu': {
+        '20.04': ('Ubuntu 20.04.6 LTS', '5.4.0-182-generic', 'debian'),
+        '22.04': ('Ubuntu 22.04.5 LTS', '5.15.0-105-generic', 'debian'),
+        '24.04': ('Ubuntu 24.04.1 LTS', '6.8.0-45-generic', 'debian'),
+    },
+    'debian': {
+        '12': ('Debian GNU/Linux 12 (bookworm)', '6.1.0-26-amd64', 'debian'),
+    },
+    'rhel': {
+        '7': ('Red Hat Enterprise Linux Server 7.9 (Maipo)', '3.10.0-1160.119.1.el7.x86_64',
+              'rhel'),
+        '8': ('Red Hat Enterprise Linux 8.10 (Ootpa)', '4.18.0-553.el8_10.x86_64', 'rhel'),
+        '9': ('Red Hat Enterprise Linux 9.4 (Plow)', '5.14.0-427.13.1.el9_4.x86_64', 'rhel'),
+    },
+    'centos': {
+        '7': ('CentOS Linux 7 (Core)', '3.10.0-1160.119.1.el7.x86_64', 'rhel'),
+        '8': ('CentOS Stream 8', '4.18.0-552.el8.x86_64', 'rhel'),
+        '9': ('CentOS Stream 9', '5.14.0-503.el9.x86_64', 'rhel'),
+    },
+    'rocky': {
+        '8': ('Rocky Linux 8.10 (Green Obsidian)', '4.18.0-553.el8_10.x86_64', 'rhel'),
+        '9': ('Rocky Linux 9.4 (Blue Onyx)', '5.14.0-427.13.1.el9_4.x86_64', 'rhel'),
+    },
+    'almalinux': {
+        '8': ('AlmaLinux 8.10 (Cerulean Leopard)', '4.18.0-553.el8_10.x86_64', 'rhel'),
+        '9': ('AlmaLinux 9.4 (Seafoam Ocelot)', '5.14.0-427.13.1.el9_4.x86_64', 'rhel'),
+    },
+}
+
+#: driver branch -> full version the simulated repositories install
+DRIVER_VERSIONS = {
+    '470': '470.256.02', '525': '525.147.05', '535': '535.247.01', '550': '550.163.01',
+    '560': '560.35.05', '570': '570.195.03', '575': '575.64.05', '580': '580.95.05',
+    '590': '590.44.01',
+}
+LATEST_BRANCH = '590'
+
+#: PCI product id -> (name as nvidia-smi prints it, memory MiB, compute capability, open modules)
+BUILTIN_MODELS = {
+    '15f8': ('Tesla P100-PCIE-16GB', 16384, '6.0', False),
+    '15f7': ('Tesla P100-PCIE-12GB', 12288, '6.0', False),
+    '15f9': ('Tesla P100-SXM2-16GB', 16384, '6.0', False),
+    '1db4': ('Tesla V100-PCIE-16GB', 16384, '7.0', False),
+    '1db1': ('Tesla V100-SXM2-16GB', 16384, '7.0', False),
+    '1eb8': ('Tesla T4', 15360, '7.5', True),
+    '20b0': ('NVIDIA A100-SXM4-40GB', 40960, '8.0', True),
+    '20b2': ('NVIDIA A100-SXM4-80GB', 81920, '8.0', True),
+    '20f1': ('NVIDIA A100-PCIE-40GB', 40960, '8.0', True),
+    '2235': ('NVIDIA A40', 46068, '8.6', True),
+    '27b8': ('NVIDIA L4', 23034, '8.9', True),
+    '26b9': ('NVIDIA L40S', 46068, '8.9', True),
+    '2330': ('NVIDIA H100 80GB HBM3', 81559, '9.0', True),
+    '2331': ('NVIDIA H100 PCIe', 81559, '9.0', True),
+}
+
+#: toolkit major -> lowest sm it still compiles for; and the driver branch it needs at least
+TOOLKIT_MIN_SM = {'11': 35, '12': 50, '13': 75}
+TOOLKIT_MIN_BRANCH = {'11': 450, '12': 525, '13': 580}
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers shared by the API and the stubs
+# ---------------------------------------------------------------------------------------------
+
+def _python() -> str:
+    exe = sys.executable
+    return exe if exe and 'python' in os.path.basename(exe) else '/usr/bin/python3'
+
+
+def _launcher(sim: str) -> str:
+    """Shell words that run this module's stub entry point (byte code cached in *sim*)."""
+    code = 'import sys; sys.path.insert(0, %r); import gpusim; sys.exit(gpusim._main(sys.argv[1:]))'
+    return '%s -S -E -c %s' % (shlex.quote(_python()), shlex.quote(code % sim))
+
+
+def _sim(root: str) -> str:
+    return os.path.join(root, SIM_DIR)
+
+
+def _read_json(path: str, default: Any) -> Any:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _gpu_uuid(pci_address: str) -> str:
+    h = hashlib.sha256(('gpusim:' + pci_address.lower()).encode()).hexdigest()
+    return 'GPU-%s-%s-%s-%s-%s' % (h[:8], h[8:12], h[12:16], h[16:20], h[20:32])
+
+
+def _normal_address(address: str) -> str:
+    address = address.lower()
+    if address.count(':') == 1:
+        address = '0000:' + address
+    return address
+
+
+def _catalog_facts(product_id: str) -> dict[str, Any] | None:
+    """Name, memory, compute capability and open-module support from heat_gpu.catalog, if any."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    top = os.path.dirname(os.path.dirname(here))
+    if os.path.isdir(os.path.join(top, 'heat_gpu')) and top not in sys.path:
+        sys.path.insert(0, top)
+    try:
+        from heat_gpu import catalog  # type: ignore[attr-defined]
+    except Exception:  # the catalog is optional: fall back on the built-in table
+        return None
+    pci_id = '10de:%s' % product_id
+    model = None
+    for fname in ('by_pci_id', 'lookup_pci_id', 'find_by_pci_id', 'lookup', 'get'):
+        fn = getattr(catalog, fname, None)
+        if callable(fn):
+            try:
+                model = fn(pci_id)
+            except Exception:  # a lookup miss raises in some APIs
+                model = None
+            if model is not None:
+                break
+    if model is None:
+        return None
+
+    def attr(*names: str) -> Any:
+        for n in names:
+            if isinstance(model, dict) and n in model:
+                return model[n]
+            if hasattr(model, n):
+                return getattr(model, n)
+        return None
+
+    cc = attr('compute_capability', 'cc')
+    if isinstance(cc, (tuple, list)):
+        cc = '%s.%s' % tuple(cc[:2])
+    facts = {
+        'name': attr('smi_name', 'nvidia_smi_name', 'name'),
+        'memory_mib': attr('memory_mib'),
+        'compute_cap': str(cc) if cc is not None else None,
+        'open_modules': attr('open_kernel_modules', 'open_modules', 'supports_open_modules'),
+    }
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def _enrich(device: dict[str, Any]) -> dict[str, Any]:
+    d = dict(device)
+    d['pci_address'] = _normal_address(d['pci_address'])
+    d['vendor_id'] = d.get('vendor_id', '10de').lower()
+    d['product_id'] = d['product_id'].lower()
+    d.setdefault('numa_node', 0)
+    facts: dict[str, Any] = {}
+    if d['product_id'] in BUILTIN_MODELS:
+        name, mem, cc, open_ok = BUILTIN_MODELS[d['product_id']]
+        facts = {'name': name, 'memory_mib': mem, 'compute_cap': cc, 'open_modules': open_ok}
+    facts.update(_catalog_facts(d['product_id']) or {})
+    for key, default in (('name', 'NVIDIA Device %s' % d['product_id']), ('memory_mib', 16384),
+                         ('compute_cap', '7.0'), ('open_modules', True)):
+        d.setdefault(key, facts.get(key, default))
+    d['memory_mib'] = int(d['memory_mib'])
+    d['uuid'] = _gpu_uuid(d['pci_address'])
+    d.setdefault('pci_class', '0302')
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Python API
+# ---------------------------------------------------------------------------------------------
+
+HOST_TOOLS = (
+    'bash', 'sh', 'env', 'cat', 'cp', 'mv', 'rm', 'mkdir', 'rmdir', 'ln', 'ls', 'chmod', 'chown',
+    'touch', 'date', 'sleep', 'head', 'tail', 'tr', 'cut', 'sort', 'uniq', 'wc', 'grep', 'egrep',
+    'sed', 'awk', 'mawk', 'gawk', 'find', 'xargs', 'basename', 'dirname', 'readlink', 'realpath',
+    'mktemp', 'tee', 'id', 'stat', 'printf', 'echo', 'true', 'false', 'test', 'expr', 'seq',
+    'sha256sum', 'md5sum', 'python3', 'tar', 'gzip', 'od', 'dd', 'timeout', 'install', 'setsid',
+    'nohup', 'kill', 'ps', 'sync', 'hostname', 'getent', 'cmp', 'diff', 'base64', 'flock', 'tac',
+    'fold', 'paste', 'join', 'comm', 'nproc', 'whoami', 'du', 'df', 'pgrep', 'sleep', 'openssl',
+)
+
+STUBS = ('lspci', 'uname', 'modprobe', 'lsmod', 'rmmod', 'nvidia-smi', 'nvcc', 'dkms',
+         'reboot', 'shutdown', 'systemctl', 'curl', 'wget', 'logger', 'gpusim-runfile')
+DEBIAN_STUBS = ('apt-get', 'apt', 'dpkg', 'dpkg-query', 'update-initramfs')
+RHEL_STUBS = ('rpm', 'yum', 'yum-config-manager', 'dracut')
+RHEL8_STUBS = ('dnf',)
+
+
+def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[str, Any]],
+               prebaked: bool = False, faults: Iterable[str] = (),
+               host_path: str | None = None) -> dict[str, str]:
+    """Create a simulated guest under *root* and return the environment to run programs in it."""
+    if distro not in DISTROS or version not in DISTROS[distro]:
+        accepted = ', '.join('%s %s' % (d, v) for d in DISTROS for v in DISTROS[d])
+        raise ValueError('gpusim: unknown distro %r version %r; accepted: %s'
+                         % (distro, version, accepted))
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        raise ValueError('gpusim: unknown fault(s) %s; accepted: %s'
+                         % (', '.join(bad), ', '.join(FAULTS)))
+    root = os.path.abspath(root)
+    sim = _sim(root)
+    bindir = os.path.join(sim, 'bin')
+    hostbin = os.path.join(sim, 'hostbin')
+    for d in (bindir, hostbin, os.path.join(root, 'etc', 'modprobe.d'),
+              os.path.join(root, 'etc', 'systemd', 'system'), os.path.join(root, 'tmp'),
+              os.path.join(root, 'var', 'log'), os.path.join(root, 'var', 'lib')):
+        os.makedirs(d, exist_ok=True)
+    pretty, kernel, family = DISTROS[distro][version]
+    like = {'ubuntu': 'debian', 'debian': ''}.get(distro, 'rhel centos fedora')
+    with open(os.path.join(root, 'etc', 'os-release'), 'w', encoding='utf-8') as f:
+        f.write('NAME="%s"\nID=%s\nVERSION_ID="%s"\nPRETTY_NAME="%s"\n'
+                % (pretty.split(' ')[0], distro, version, pretty))
+        if like:
+            f.write('ID_LIKE="%s"\n' % like)
+    devs = [_enrich(d) for d in devices]
+    _write_json(os.path.join(sim, 'devices.json'), devs)
+    _write_json(os.path.join(sim, 'faults.json'), sorted(set(faults)))
+
+    real_curl = shutil.which('curl', path=host_path or os.environ.get('PATH', os.defpath))
+    state: dict[str, Any] = {
+        'distro': distro, 'version': version, 'family': family, 'kernel': kernel,
+        'boot': 1, 'packages': {}, 'modules': [], 'repos': [], 'reboot_requested': False,
+        'driver': None, 'toolkits': [], 'initramfs_blacklisted': False, 'services': {},
+        'enabled_units': [], 'real_curl': real_curl,
+    }
+    if devs and 'no-gpu' not in faults:
+        state['modules'] = ['nouveau']
+    if prebaked:
+        flavour = 'open' if devs and all(d['open_modules'] for d in devs) else 'proprietary'
+        state['driver'] = {'version': DRIVER_VERSIONS['570'], 'flavour': flavour,
+                           'package': 'nvidia-driver-570', 'method': 'preinstalled'}
+        state['packages']['nvidia-driver-570'] = DRIVER_VERSIONS['570']
+        state['modules'] = ['nvidia', 'nvidia_uvm']
+        state['initramfs_blacklisted'] = True
+        _install_toolkit(root, state, '12.8')
+        with open(os.path.join(root, 'etc', 'modprobe.d', 'blacklist-nouveau.conf'), 'w',
+                  encoding='utf-8') as f:
+            f.write('blacklist nouveau\noptions nouveau modeset=0\n')
+    _write_json(os.path.join(sim, 'state.json'), state)
+    open(os.path.join(sim, 'commands.jsonl'), 'a', encoding='utf-8').close()
+
+    me = os.path.join(sim, 'gpusim.py')
+    shutil.copyfile(os.path.abspath(__file__), me)
+    names = list(STUBS)
+    names += DEBIAN_STUBS if family == 'debian' else RHEL_STUBS
+    if family == 'rhel' and version != '7':
+        names += RHEL8_STUBS
+    for name in names:
+        path = os.path.join(bindir, name)
+        with open(path, 'w', encoding='utf-8') as f:
+            if name == 'logger':
+                # Cheap: the boot script logs every line; the journal is a file.
+                f.write('#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -t|-p) shift 2 ;; '
+                        '--) shift; break ;; -*) shift ;; *) break ;; esac; done\n'
+                        'echo "$*" >> %s\n' % shlex.quote(os.path.join(sim, 'journal.log')))
+            else:
+                f.write('#!/bin/sh\nexec %s --stub %s "$@"\n' % (_launcher(sim), name))
+        os.chmod(path, 0o755)
+    search = host_path or os.environ.get('PATH', os.defpath)
+    for tool in HOST_TOOLS:
+        found = shutil.which(tool, path=search)
+        if tool == 'python3':
+            # The guest's interpreter; a version-manager shim on the host PATH is slow.
+            found = next((p for p in ('/usr/bin/python3', '/usr/local/bin/python3')
+                          if os.access(p, os.X_OK)), found)
+        link = os.path.join(hostbin, tool)
+        if found and not os.path.lexists(link):
+            os.symlink(found, link)
+    return {
+        'PATH': '%s:%s' % (bindir, hostbin),
+        'HEAT_GPU_ROOT': root,
+        'HEAT_GPU_SIM': sim,
+        'HEAT_GPU_SETTINGS': os.path.join(root, 'etc', 'heat-gpu', 'bootstrap.json'),
+        'HEAT_GPU_STATE_DIR': os.path.join(root, 'var', 'lib', 'heat-gpu'),
+        'HEAT_GPU_LOG': os.path.join(root, 'var', 'log', 'heat-gpu-bootstrap.log'),
+        'LC_ALL': 'C.UTF-8',
+    }
+
+
+def state(root: str) -> dict[str, Any]:
+    """The guest's simulated state (packages, modules, boot count, driver, toolkits...)."""
+    return _read_json(os.path.join(_sim(root), 'state.json'), {})
+
+
+def install_toolkit(root: str, version: str) -> None:
+    """Install CUDA toolkit *version* (``MAJOR.MINOR``) in the guest, as a package would."""
+    with _locked(_sim(root)):
+        st = state(root)
+        _install_toolkit(root, st, version)
+        _write_json(os.path.join(_sim(root), 'state.json'), st)
+
+
+def set_faults(root: str, faults: Iterable[str]) -> None:
+    """Replace the active faults."""
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        raise ValueError('gpusim: unknown fault(s) %s; accepted: %s'
+                         % (', '.join(bad), ', '.join(FAULTS)))
+    _write_json(os.path.join(_sim(root), 'faults.json'), sorted(set(faults)))
+
+
+def commands(root: str) -> list[dict[str, Any]]:
+    """Every stub invocation so far: ``{'cmd', 'args', 'rc', 'boot'}``, oldest first."""
+    out = []
+    try:
+        with open(os.path.join(_sim(root), 'commands.jsonl'), encoding='utf-8') as f:
+            for line in f:
+                if line.strip():
+                    out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def reboot_pending(root: str) -> bool:
+    """True when the guest asked for a reboot that has not happened yet."""
+    return bool(state(root).get('reboot_requested'))
+
+
+def reboot(root: str) -> None:
+    """Reboot the guest: stop services, unload modules, bring nouveau back unless blacklisted."""
+    stop_services(root)
+    with _locked(_sim(root)):
+        st = state(root)
+        devs = _read_json(os.path.join(_sim(root), 'devices.json'), [])
+        faults = _read_json(os.path.join(_sim(root), 'faults.json'), [])
+        st['boot'] += 1
+        st['reboot_requested'] = False
+        st['modules'] = []
+        if devs and 'no-gpu' not in faults and not st.get('initramfs_blacklisted'):
+            st['modules'] = ['nouveau']
+        _write_json(os.path.join(_sim(root), 'state.json'), st)
+
+
+def boot_commands(root: str) -> list[list[str]]:
+    """The ExecStart command lines of the units enabled in multi-user.target.wants."""
+    wants = os.path.join(root, 'etc', 'systemd', 'system', 'multi-user.target.wants')
+    out = []
+    if os.path.isdir(wants):
+        for name in sorted(os.listdir(wants)):
+            argv = _unit_exec(root, name)
+            if argv:
+                out.append(argv)
+    return out
+
+
+def stop_services(root: str) -> None:
+    """Terminate every process the systemctl stub started."""
+    st = state(root)
+    for unit, pid in list(st.get('services', {}).items()):
+        _kill_group(pid)
+    if st.get('services'):
+        with _locked(_sim(root)):
+            st = state(root)
+            st['services'] = {}
+            _write_json(os.path.join(_sim(root), 'state.json'), st)
+
+
+def download_content(url: str) -> bytes:
+    """The bytes a good download of *url* returns (runfiles are simulated installers)."""
+    base = url.rsplit('/', 1)[-1]
+    if base.endswith('.run'):
+        return ('#!/bin/sh\n# gpusim runfile %s\nexec gpusim-runfile %s "$@"\n'
+                % (url, shlex.quote(base))).encode()
+    if base.endswith('.repo'):
+        repo = url.rsplit('/', 3)[-3] if url.count('/') >= 3 else 'cuda'
+        return ('[cuda-%s-x86_64]\nname=cuda-%s-x86_64\nbaseurl=https://%s/compute/cuda/repos/'
+                '%s/x86_64\nenabled=1\ngpgcheck=1\n' % (repo, repo, NVIDIA_HOST, repo)).encode()
+    return ('gpusim download of %s\n' % url).encode()
+
+
+def download_sha256(url: str) -> str:
+    """sha256 of ``download_content(url)``."""
+    return hashlib.sha256(download_content(url)).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# internals
+# ---------------------------------------------------------------------------------------------
+
+class _locked:
+    def __init__(self, sim: str) -> None:
+        self.path = os.path.join(sim, 'lock')
+
+    def __enter__(self) -> None:
+        self.f = open(self.path, 'a')
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(20):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _unit_exec(root: str, unit: str) -> list[str]:
+    path = os.path.join(root, 'etc', 'systemd', 'system', unit)
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    m = re.search(r'^ExecStart=-?(.+)$', text, re.M)
+    if not m:
+        return []
+    argv = shlex.split(m.group(1))
+    return [os.path.join(root, a.lstrip('/')) if a.startswith('/') and
+            os.path.exists(os.path.join(root, a.lstrip('/'))) else a for a in argv]
+
+
+def _install_toolkit(root: str, st: dict[str, Any], version: str) -> None:
+    prefix = os.path.join(root, 'usr', 'local', 'cuda-%s' % version)
+    os.makedirs(os.path.join(prefix, 'bin'), exist_ok=True)
+    os.makedirs(os.path.join(prefix, 'include'), exist_ok=True)
+    nvcc = os.path.join(prefix, 'bin', 'nvcc')
+    with open(nvcc, 'w', encoding='utf-8') as f:
+        f.write('#!/bin/sh\nexec %s --stub nvcc --gpusim-toolkit=%s "$@"\n'
+                % (_launcher(_sim(root)), version))
+    os.chmod(nvcc, 0o755)
+    with open(os.path.join(prefix, 'version.json'), 'w', encoding='utf-8') as f:
+        json.dump({'cuda': {'name': 'CUDA SDK', 'version': version + '.0'}}, f)
+    link = os.path.join(root, 'usr', 'local', 'cuda')
+    if os.path.islink(link):
+        os.remove(link)
+    if not os.path.exists(link):
+        os.symlink('/usr/local/cuda-%s' % version, link)
+    if version not in st['toolkits']:
+        st['toolkits'].append(version)
+
+
+class Stub:
+    """One stub invocation."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name = name
+        self.args = args
+        self.sim = os.environ.get('HEAT_GPU_SIM') or os.path.dirname(os.path.abspath(__file__))
+        self.root = os.path.dirname(self.sim)
+        self.st = state(self.root)
+        self.devs = _read_json(os.path.join(self.sim, 'devices.json'), [])
+        self.faults = _read_json(os.path.join(self.sim, 'faults.json'), [])
+        self.dirty = False
+
+    # -- plumbing --
+    def record(self, rc: int) -> None:
+        with open(os.path.join(self.sim, 'commands.jsonl'), 'a', encoding='utf-8') as f:
+            f.write(json.dumps({'cmd': self.name, 'args': self.args, 'rc': rc,
+                                'boot': self.st.get('boot')}) + '\n')
+
+    def save(self) -> None:
+        _write_json(os.path.join(self.sim, 'state.json'), self.st)
+
+    def path(self, p: str) -> str:
+        return os.path.join(self.root, p.lstrip('/'))
+
+    @staticmethod
+    def err(msg: str) -> None:
+        sys.stderr.write(msg + '\n')
+
+    def gpus(self) -> list[dict[str, Any]]:
+        if 'no-gpu' in self.faults:
+            return []
+        return [d for d in self.devs if d.get('vendor_id') == '10de']
+
+    def visible(self) -> list[dict[str, Any]]:
+        return sorted(self.gpus(), key=lambda d: d['pci_address'])
+
+    def driver_works(self) -> bool:
+        drv = self.st.get('driver')
+        if not drv or 'nvidia' not in self.st['modules']:
+            return False
+        if drv['flavour'] == 'open' and not all(d['open_modules'] for d in self.gpus()):
+            return False
+        return True
+
+    # -- commands --
+    def cmd_lspci(self) -> int:
+        a = self.args
+        numeric = '-n' in a or '-nn' in a
+        domain = '-D' in a
+        vendor = product = None
+        slot = None
+        if '-d' in a:
+            spec = a[a.index('-d') + 1].lower()
+            vendor, _, product = spec.partition(':')
+            product = product or None
+        if '-s' in a:
+            slot = a[a.index('-s') + 1].lower()
+        for d in sorted(self.gpus(), key=lambda x: x['pci_address']):
+            if vendor and d['vendor_id'] != vendor:
+                continue
+            if product and d['product_id'] != product:
+                continue
+            addr = d['pci_address'] if domain else d['pci_address'][5:]
+            if slot and not d['pci_address'].endswith(slot):
+                continue
+            ids = '%s:%s' % (d['vendor_id'], d['product_id'])
+            if numeric and '-nn' not in a:
+                print('%s %s: %s (rev a1)' % (addr, d['pci_class'], ids))
+            elif '-nn' in a:
+                print('%s 3D controller [%s]: NVIDIA Corporation %s [%s] (rev a1)'
+                      % (addr, d['pci_class'], d['name'], ids))
+            else:
+                print('%s 3D controller: NVIDIA Corporation %s (rev a1)' % (addr, d['name']))
+        return 0
+
+    def cmd_uname(self) -> int:
+        a = self.args or ['-s']
+        out = []
+        for opt in a:
+            if opt == '-r':
+                out.append(self.st['kernel'])
+            elif opt in ('-m', '-p', '-i'):
+                out.append('x86_64')
+            elif opt == '-s':
+                out.append('Linux')
+            elif opt == '-n':
+                out.append('gpusim-guest')
+            elif opt == '-a':
+                out.append('Linux gpusim-guest %s #1 SMP x86_64 GNU/Linux' % self.st['kernel'])
+        print(' '.join(out))
+        return 0
+
+    def cmd_lsmod(self) -> int:
+        print('Module                  Size  Used by')
+        for m in self.st['modules']:
+            print('%-22s %6d  0' % (m, 100000))
+        return 0
+
+    def cmd_modprobe(self) -> int:
+        a = [x for x in self.args if not x.startswith('-')]
+        remove = '-r' in self.args or '--remove' in self.args
+        for mod in a:
+            if remove:
+                if mod == 'nouveau' and mod in self.st['modules']:
+                    self.err('modprobe: FATAL: Module nouveau is in use.')
+                    return 1
+                if mod in self.st['modules']:
+                    self.st['modules'].remove(mod)
+                    self.dirty = True
+                continue
+            if mod in self.st['modules']:
+                continue
+            if mod.startswith('nvidia'):
+                drv = self.st.get('driver')
+                if not drv:
+                    self.err('modprobe: FATAL: Module %s not found in directory /lib/modules/%s'
+                             % (mod, self.st['kernel']))
+                    return 1
+                if 'nouveau' in self.st['modules']:
+                    self.err('modprobe: ERROR: could not insert \'nvidia\': Device or resource busy'
+                             ' (nouveau is bound to the GPU)')
+                    return 1
+                if drv['flavour'] == 'open' and not all(d['open_modules'] for d in self.gpus()):
+                    self.err('modprobe: ERROR: could not insert \'nvidia\': No such device '
+                             '(the open kernel modules do not support this GPU)')
+                    return 1
+                for m in ('nvidia', mod):
+                    if m not in self.st['modules']:
+                        self.st['modules'].append(m)
+                self.dirty = True
+            elif mod == 'nouveau':
+                if self.gpus() and 'nvidia' not in self.st['modules']:
+                    self.st['modules'].append(mod)
+                    self.dirty = True
+        return 0
+
+    def _smi_fields(self, d: dict[str, Any], index: int) -> dict[str, str]:
+        return {
+            'index': str(index), 'name': d['name'],
+            'pci.bus_id': '0000' + d['pci_address'].upper(),
+            'memory.total': str(d['memory_mib']), 'memory.used': '0', 'memory.free':
+            str(d['memory_mib']), 'uuid': d['uuid'], 'driver_version': self.st['driver']['version'],
+            'compute_cap': d['compute_cap'], 'utilization.gpu': '0', 'temperature.gpu': '34',
+            'serial': str(int(hashlib.sha1(d['uuid'].encode()).hexdigest()[:12], 16)),
+            'count': str(len(self.gpus())), 'pstate': 'P0',
+            'pci.device_id': '0x%s%s' % (d['product_id'].upper(), d['vendor_id'].upper()),
+        }
+
+    def cmd_nvidia_smi(self) -> int:
+        if not self.st.get('driver'):
+            self.err('nvidia-smi: command not found')
+            return 127
+        if not self.driver_works():
+            print('NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver. '
+                  'Make sure that the latest NVIDIA driver is installed and running.')
+            return 9
+        gpus = self.visible()
+        if not gpus:
+            print('No devices were found')
+            return 6
+        a = self.args
+        query = [x for x in a if x.startswith('--query-gpu=')]
+        if query:
+            fields = query[0].split('=', 1)[1].split(',')
+            fmt = ''.join(x.split('=', 1)[1] for x in a if x.startswith('--format='))
+            for f in fields:
+                if f.strip() not in self._smi_fields(gpus[0], 0):
+                    print('Field "%s" is not a valid field to query.' % f)
+                    return 2
+            if 'csv' in fmt and 'noheader' not in fmt:
+                print(', '.join(f + (' [MiB]' if f.startswith('memory.') and
+                                     'nounits' not in fmt else '') for f in fields))
+            for i, d in enumerate(gpus):
+                vals = self._smi_fields(d, i)
+                row = []
+                for f in fields:
+                    v = vals[f.strip()]
+                    if f.startswith('memory.') and 'nounits' not in fmt:
+                        v += ' MiB'
+                    row.append(v)
+                print(', '.join(row))
+            return 0
+        if '-L' in a:
+            for i, d in enumerate(gpus):
+                print('GPU %d: %s (UUID: %s)' % (i, d['name'], d['uuid']))
+            return 0
+        cuda = '13.0' if int(self.st['driver']['version'].split('.')[0]) >= 580 else '12.8'
+        print('+' + '-' * 87 + '+')
+        print('| NVIDIA-SMI %-20s Driver Version: %-14s CUDA Version: %-8s|'
+              % (self.st['driver']['version'], self.st['driver']['version'], cuda))
+        for i, d in enumerate(gpus):
+            bus = '0000' + d['pci_address'].upper()
+            print('| %3d  %-40s | %16s | %7dMiB |' % (i, d['name'][:40], bus, d['memory_mib']))
+        print('+' + '-' * 87 + '+')
+        return 0
+
+    def _toolkit(self) -> str | None:
+        tks = sorted(self.st['toolkits'], key=lambda v: [int(x) for x in v.split('.')])
+        link = self.path('/usr/local/cuda')
+        if os.path.islink(link):
+            target = os.readlink(link).rsplit('cuda-', 1)[-1]
+            if target in tks:
+                return target
+        return tks[-1] if tks else None
+
+    def cmd_nvcc(self) -> int:
+        tk = self._toolkit()
+        if self.args[:1] and self.args[0].startswith('--gpusim-toolkit='):
+            tk = self.args.pop(0).split('=', 1)[1]
+        if not tk:
+            self.err('nvcc: command not found')
+            return 127
+        a = self.args
+        if '--version' in a or '-V' in a:
+            print('nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) 2005-2025 NVIDIA Corp'
+                  'oration\nCuda compilation tools, release %s, V%s.85\nBuild cuda_%s.r%s'
+                  % (tk, tk, tk, tk))
+            return 0
+        if 'nvcc-fails' in self.faults:
+            self.err('nvcc fatal   : Could not open output file (simulated failure)')
+            return 1
+        archs = []
+        for i, x in enumerate(a):
+            m = re.match(r'^(?:-arch(?:=|$)|--gpu-architecture(?:=|$)|-gencode(?:=|$))(.*)', x)
+            if m:
+                v = m.group(1) or (a[i + 1] if i + 1 < len(a) else '')
+                archs += re.findall(r'(?:sm|compute)_(\d+)', v)
+        major = tk.split('.')[0]
+        for sm in archs:
+            if int(sm) < TOOLKIT_MIN_SM.get(major, 0):
+                self.err("nvcc fatal   : Unsupported gpu architecture 'compute_%s'" % sm)
+                return 1
+        if '-o' not in a:
+            self.err('nvcc: no -o given (gpusim compiles only with -o OUT)')
+            return 1
+        out = a[a.index('-o') + 1]
+        sources = [x for x in a if x.endswith('.cu') or x.endswith('.cpp')]
+        for s in sources:
+            if not os.path.exists(s):
+                self.err('nvcc fatal   : Could not open input file %s' % s)
+                return 1
+        with open(out, 'w', encoding='utf-8') as f:
+            f.write('#!/bin/sh\n# gpusim CUDA program (toolkit %s, archs %s)\nexec %s '
+                    '--stub cuda-program %s %s "$@"\n'
+                    % (tk, ','.join(archs) or 'default', _launcher(self.sim), tk,
+                       ','.join(sorted(set(archs))) or '-'))
+        os.chmod(out, 0o755)
+        return 0
+
+    def cmd_cuda_program(self) -> int:
+        tk, archs = self.args[0], self.args[1]
+        if not self.st.get('driver') or not self.driver_works():
+            print('CUDA error: no CUDA-capable device is detected (cudaGetDeviceCount)')
+            return 1
+        branch = int(self.st['driver']['version'].split('.')[0])
+        if branch < TOOLKIT_MIN_BRANCH.get(tk.split('.')[0], 0):
+            print('CUDA error: CUDA driver version is insufficient for CUDA runtime version')
+            return 1
+        gpus = self.visible()
+        env_vis = os.environ.get('CUDA_VISIBLE_DEVICES')
+        indexed = list(enumerate(gpus))
+        if env_vis is not None:
+            want = [x.strip() for x in env_vis.split(',') if x.strip()]
+            indexed = [(i, d) for i, d in indexed if str(i) in want or d['uuid'] in want]
+        if not indexed:
+            print('CUDA error: no CUDA-capable device is detected (cudaGetDeviceCount)')
+            return 1
+        rc = 0
+        for i, d in indexed:
+            cc = d['compute_cap'].replace('.', '')
+            built = [a for a in archs.split(',') if a != '-']
+            if built and not any(int(b) <= int(cc) and b[0] == cc[0] for b in built):
+                print('CUDA error on device %d: no kernel image is available for execution on '
+                      'the device' % i)
+                rc = 1
+                continue
+            print('heat-gpu-check %d %s %s %s OK'
+                  % (i, '0000' + d['pci_address'].upper(), d['compute_cap'], d['name']))
+        return rc
+
+    def cmd_dkms(self) -> int:
+        if self.args[:1] == ['status']:
+            drv = self.st.get('driver')
+            if drv and drv.get('method') != 'runfile':
+                print('nvidia/%s, %s, x86_64: installed' % (drv['version'], self.st['kernel']))
+        return 0
+
+    def cmd_reboot(self) -> int:
+        self.st['reboot_requested'] = True
+        self.dirty = True
+        return 0
+
+    def cmd_shutdown(self) -> int:
+        if '-r' in self.args:
+            return self.cmd_reboot()
+        return 0
+
+    def cmd_logger(self) -> int:
+        msg = ' '.join(x for x in self.args if not x.startswith('-'))
+        with open(os.path.join(self.sim, 'journal.log'), 'a', encoding='utf-8') as f:
+            f.write(msg + '\n')
+        return 0
+
+    def cmd_update_initramfs(self) -> int:
+        self._initramfs()
+        return 0
+
+    def cmd_dracut(self) -> int:
+        self._initramfs()
+        return 0
+
+    def _initramfs(self) -> None:
+        d = self.path('/etc/modprobe.d')
+        black = False
+        for name in os.listdir(d) if os.path.isdir(d) else []:
+            if name.endswith('.conf'):
+                with open(os.path.join(d, name), encoding='utf-8') as f:
+                    if re.search(r'^\s*blacklist\s+nouveau\s*$', f.read(), re.M):
+                        black = True
+        self.st['initramfs_blacklisted'] = black
+        self.dirty = True
+
+    # -- systemd --
+    def cmd_systemctl(self) -> int:
+        a = [x for x in self.args if not x.startswith('-')]
+        now = '--now' in self.args
+        if not a:
+            return 0
+        verb, units = a[0], a[1:]
+        sysdir = self.path('/etc/systemd/system')
+        if verb in ('daemon-reload', 'reset-failed'):
+            return 0
+        rc = 0
+        for unit in units:
+            if '.' not in unit:
+                unit += '.service'
+            if verb in ('enable', 'disable', 'is-enabled') and not os.path.exists(
+                    os.path.join(sysdir, unit)):
+                self.err('Failed to %s unit: Unit file %s does not exist.' % (verb, unit))
+                return 1
+            if verb == 'enable':
+                wants = os.path.join(sysdir, 'multi-user.target.wants')
+                os.makedirs(wants, exist_ok=True)
+                link = os.path.join(wants, unit)
+                if not os.path.lexists(link):
+                    os.symlink('/etc/systemd/system/' + unit, link)
+                if now:
+                    rc = rc or self._start(unit)
+            elif verb == 'disable':
+                link = os.path.join(sysdir, 'multi-user.target.wants', unit)
+                if os.path.lexists(link):
+                    os.remove(link)
+                if now:
+                    self._stop(unit)
+            elif verb == 'is-enabled':
+                ok = os.path.lexists(os.path.join(sysdir, 'multi-user.target.wants', unit))
+                print('enabled' if ok else 'disabled')
+                rc = rc or (0 if ok else 1)
+            elif verb in ('start', 'restart'):
+                if verb == 'restart':
+                    self._stop(unit)
+                rc = rc or self._start(unit)
+            elif verb == 'stop':
+                self._stop(unit)
+            elif verb == 'is-active':
+                pid = self.st['services'].get(unit)
+                alive = bool(pid) and _alive(pid)
+                print('active' if alive else 'inactive')
+                rc = rc or (0 if alive else 3)
+        return rc
+
+    def _start(self, unit: str) -> int:
+        pid = self.st['services'].get(unit)
+        if pid and _alive(pid):
+            return 0
+        argv = _unit_exec(self.root, unit)
+        if not argv:
+            self.err('Failed to start %s: Unit %s not found.' % (unit, unit))
+            return 5
+        log = open(os.path.join(self.sim, unit + '.log'), 'ab')
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True, cwd=self.root)
+        self.st['services'][unit] = proc.pid
+        self.dirty = True
+        return 0
+
+    def _stop(self, unit: str) -> None:
+        pid = self.st['services'].pop(unit, None)
+        if pid:
+            _kill_group(pid)
+            self.dirty = True
+
+    # -- downloads --
+    def cmd_curl(self) -> int:
+        urls = [x for x in self.args if re.match(r'^[a-z]+://', x)]
+        local = re.compile(r'^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)')
+        if not urls or all(local.match(u) for u in urls):
+            return -1
+        out = None
+        a = self.args
+        for flag in ('-o', '--output'):
+            if flag in a:
+                out = a[a.index(flag) + 1]
+        url = urls[0]
+        if 'download-fails' in self.faults:
+            self.err('curl: (28) Failed to connect to %s port 443 after 10000 ms: Timeout was '
+                     'reached' % url.split('/')[2])
+            return 28
+        m = re.match(r'^https?://([^/]+)/', url)
+        content = download_content(url)
+        if 'checksum-mismatch' in self.faults:
+            content = content + b'# truncated by a broken proxy\n'
+        if m and m.group(1) != NVIDIA_HOST and not self._mirror_has(url):
+            self.err('curl: (22) The requested URL returned error: 404')
+            return 22
+        if out:
+            with open(out, 'wb') as f:
+                f.write(content)
+        else:
+            sys.stdout.buffer.write(content)
+        return 0
+
+    def _mirror_has(self, url: str) -> bool:
+        return '/compute/cuda/' in url
+
+    # -- packages --
+    def _nvidia_repo(self) -> bool:
+        return bool(self.st['repos'])
+
+    def _is_nvidia_pkg(self, p: str) -> bool:
+        return bool(re.match(r'^(cuda|nvidia|libnvidia|kmod-nvidia|nvidia-driver)', p))
+
+    def _install(self, pkgs: list[str], mgr: str) -> int:
+        fam = self.st['family']
+        for p in pkgs:
+            if p.endswith('.rpm') or p.endswith('.deb') or '://' in p:
+                name = os.path.basename(p).split('_')[0]
+                name = re.sub(r'-latest-\d+\.noarch\.rpm$', '', name)
+                self.st['packages'][name] = 'local'
+                continue
+            if self._is_nvidia_pkg(p):
+                if not self._nvidia_repo():
+                    self._missing(p, mgr)
+                    return 100 if mgr == 'apt-get' else 1
+                if 'package-install-fails' in self.faults:
+                    if mgr == 'apt-get':
+                        self.err('E: Failed to fetch https://%s/compute/cuda/repos/.../%s.deb  '
+                                 '503  Service Unavailable' % (NVIDIA_HOST, p))
+                        return 100
+                    self.err('Error: Failed to download packages: %s: Cannot download, all '
+                             'mirrors were already tried without success' % p)
+                    return 1
+            if p.startswith('linux-headers-') or p.startswith('kernel-devel-') or \
+                    p.startswith('kernel-headers-'):
+                want = p[len('linux-headers-'):] if p.startswith('linux') else p.split('-', 2)[2]
+                if want != self.st['kernel']:
+                    self._missing(p, mgr)
+                    return 100 if mgr == 'apt-get' else 1
+            if p == 'dkms' and fam == 'rhel' and 'epel-release' not in self.st['packages']:
+                self._missing(p, mgr)
+                return 1
+        for p in pkgs:
+            if p.endswith('.rpm') or p.endswith('.deb') or '://' in p:
+                continue
+            self.st['packages'][p] = '1'
+            self._effects(p)
+        self.dirty = True
+        return 0
+
+    def _missing(self, p: str, mgr: str) -> None:
+        if mgr == 'apt-get':
+            self.err('E: Unable to locate package %s' % p)
+        else:
+            self.err('Error: Unable to find a match: %s' % p)
+
+    def _effects(self, p: str) -> None:
+        m = re.match(r'^cuda-toolkit-(\d+)-(\d+)$', p) or re.match(r'^cuda-(\d+)-(\d+)$', p)
+        if m:
+            _install_toolkit(self.root, self.st, '%s.%s' % m.groups())
+            return
+        if p == 'cuda-toolkit':
+            _install_toolkit(self.root, self.st, '13.0')
+            return
+        flavour = None
+        branch = None
+        m = re.match(r'^(?:cuda-drivers|nvidia-driver|nvidia-open|nvidia-driver-branch)'
+                     r'(?:-(\d{3}))?(-open|-dkms|-server)?$', p)
+        if p in ('nvidia-driver-latest-dkms', 'nvidia-driver-cuda', 'kmod-nvidia-latest-dkms'):
+            flavour, branch = 'proprietary', None
+        elif m:
+            branch = m.group(1)
+            flavour = 'open' if (p.startswith('nvidia-open') or m.group(2) == '-open') \
+                else 'proprietary'
+        if flavour:
+            self._driver(branch or LATEST_BRANCH, flavour, p, 'packages')
+
+    def _driver(self, branch: str, flavour: str, package: str, method: str,
+                version: str | None = None) -> None:
+        self.st['driver'] = {'version': version or DRIVER_VERSIONS.get(branch, branch + '.00.01'),
+                             'flavour': flavour, 'package': package, 'method': method}
+
+    def cmd_apt_get(self) -> int:
+        a = [x for x in self.args if not x.startswith('-')]
+        if not a:
+            return 0
+        verb = a[0]
+        if verb in ('update', 'clean', 'autoremove'):
+            return 0
+        if verb == 'install':
+            return self._install(a[1:], 'apt-get')
+        if verb in ('remove', 'purge'):
+            for p in a[1:]:
+                self.st['packages'].pop(p, None)
+            self.dirty = True
+            return 0
+        return 0
+
+    cmd_apt = cmd_apt_get
+
+    def cmd_dpkg(self) -> int:
+        a = self.args
+        if a[:1] == ['-i']:
+            for deb in a[1:]:
+                if not os.path.exists(deb):
+                    self.err('dpkg: error: cannot access archive \'%s\': No such file' % deb)
+                    return 2
+                with open(deb, 'rb') as f:
+                    head = f.readline().decode('utf-8', 'replace')
+                m = re.match(r'^gpusim download of \S*/([^/\s]+)$', head.strip())
+                name = os.path.basename(m.group(1) if m else deb).split('_')[0]
+                self.st['packages'][name] = 'local'
+                if name == 'cuda-keyring':
+                    self._add_apt_repo()
+            self.dirty = True
+            return 0
+        if a[:1] in (['-s'], ['-l'], ['--status']) or a[:1] == ['-W']:
+            rc = 0
+            for p in a[1:]:
+                if p.startswith('-'):
+                    continue
+                if p in self.st['packages']:
+                    print('Package: %s\nStatus: install ok installed' % p)
+                else:
+                    self.err('dpkg-query: package \'%s\' is not installed' % p)
+                    rc = 1
+            return rc
+        return 0
+
+    cmd_dpkg_query = cmd_dpkg
+
+    def _add_apt_repo(self) -> None:
+        repo = {'ubuntu': 'ubuntu' + self.st['version'].replace('.', ''),
+                'debian': 'debian' + self.st['version']}[self.st['distro']]
+        os.makedirs(self.path('/etc/apt/sources.list.d'), exist_ok=True)
+        os.makedirs(self.path('/usr/share/keyrings'), exist_ok=True)
+        with open(self.path('/etc/apt/sources.list.d/cuda-%s-x86_64.list' % repo), 'w',
+                  encoding='utf-8') as f:
+            f.write('deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] https://%s/'
+                    'compute/cuda/repos/%s/x86_64/ /\n' % (NVIDIA_HOST, repo))
+        with open(self.path('/usr/share/keyrings/cuda-archive-keyring.gpg'), 'wb') as f:
+            f.write(b'gpusim keyring\n')
+        if repo not in self.st['repos']:
+            self.st['repos'].append(repo)
+
+    def cmd_dnf(self) -> int:
+        a = [x for x in self.args if not x.startswith('-')]
+        if not a:
+            return 0
+        verb = a[0]
+        if verb in ('makecache', 'clean', 'check-update', 'upgrade'):
+            return 0
+        if verb == 'config-manager':
+            urls = [self.args[i + 1] for i, x in enumerate(self.args) if x == '--add-repo']
+            urls += [x.split('=', 1)[1] for x in self.args if x.startswith('--add-repo=')]
+            return self._add_rpm_repo(urls)
+        if verb == 'module':
+            sub = a[1] if len(a) > 1 else ''
+            if sub in ('install', 'enable'):
+                if not self._nvidia_repo():
+                    self.err('Error: Problems in request: missing groups or modules: %s' % a[2])
+                    return 1
+                if 'package-install-fails' in self.faults and sub == 'install':
+                    self.err('Error: Failed to download packages: kmod-nvidia: Cannot download')
+                    return 1
+                for spec in a[2:]:
+                    m = re.match(r'^nvidia-driver:(latest|open|\d{3})(?:-(dkms|open))?(/.*)?$',
+                                 spec)
+                    if not m:
+                        self.err('Error: Problems in request: missing groups or modules: %s'
+                                 % spec)
+                        return 1
+                    if sub == 'install':
+                        branch = LATEST_BRANCH if m.group(1) in ('latest', 'open') \
+                            else m.group(1)
+                        flavour = 'open' if 'open' in (m.group(1), m.group(2)) \
+                            else 'proprietary'
+                        self.st['packages']['nvidia-driver'] = DRIVER_VERSIONS.get(branch, '')
+                        self._driver(branch, flavour, 'nvidia-driver:' + spec.split(':')[1],
+                                     'packages')
+                self.dirty = True
+                return 0
+            return 0
+        if verb == 'install':
+            return self._install(a[1:], 'dnf')
+        if verb in ('remove', 'erase'):
+            for p in a[1:]:
+                self.st['packages'].pop(p, None)
+            self.dirty = True
+        return 0
+
+    cmd_yum = cmd_dnf
+
+    def cmd_yum_config_manager(self) -> int:
+        urls = [self.args[i + 1] for i, x in enumerate(self.args) if x == '--add-repo']
+        return self._add_rpm_repo(urls)
+
+    def _add_rpm_repo(self, urls: list[str]) -> int:
+        for url in urls:
+            if url.startswith('/') or url.startswith('file:'):
+                src = url[5:] if url.startswith('file:') else url
+                if not os.path.exists(src):
+                    self.err('Error: Configuration of repo failed: %s not found' % url)
+                    return 1
+            repo = url.rstrip('/').rsplit('/', 1)[-1]
+            m = re.match(r'^cuda-(rhel\d+)\.repo$', repo)
+            if not m:
+                self.err('Error: Configuration of repo failed: %s' % url)
+                return 1
+            want = 'rhel' + self.st['version']
+            if m.group(1) != want:
+                self.err('Error: Failed to download metadata for repo \'cuda-%s-x86_64\' '
+                         '(wrong release; this is %s)' % (m.group(1), want))
+                return 1
+            os.makedirs(self.path('/etc/yum.repos.d'), exist_ok=True)
+            if url.startswith('/'):
+                shutil.copyfile(url, self.path('/etc/yum.repos.d/' + repo))
+            else:
+                with open(self.path('/etc/yum.repos.d/' + repo), 'wb') as f:
+                    f.write(download_content(url))
+            if m.group(1) not in self.st['repos']:
+                self.st['repos'].append(m.group(1))
+        self.dirty = True
+        return 0
+
+    def cmd_rpm(self) -> int:
+        a = self.args
+        if a[:1] in (['-q'], ['-qa']) or (a and a[0].startswith('-q')):
+            rc = 0
+            for p in a[1:]:
+                if p.startswith('-'):
+                    continue
+                if p in self.st['packages']:
+                    print('%s-1.0-1.x86_64' % p)
+                else:
+                    print('package %s is not installed' % p)
+                    rc = 1
+            return rc
+        if a[:1] in (['-i'], ['-ivh'], ['-Uvh'], ['--import']):
+            return 0
+        return 0
+
+    # -- runfile --
+    def cmd_gpusim_runfile(self) -> int:
+        base = self.args[0]
+        opts = self.args[1:]
+        m = re.match(r'^cuda_(\d+\.\d+)\.\d+_(\d+\.\d+(?:\.\d+)?)_linux\.run$', base)
+        if not m:
+            self.err('gpusim-runfile: not a CUDA runfile name: %s' % base)
+            return 1
+        if '--silent' not in opts:
+            self.err('runfile: interactive mode needs a terminal; use --silent')
+            return 1
+        if '--driver' in opts:
+            if 'nouveau' in self.st['modules']:
+                self.err('ERROR: The Nouveau kernel driver is currently in use by your system. '
+                         'This driver is incompatible with the NVIDIA driver.')
+                return 1
+            if not os.path.isdir(self.path('/usr/src/kernels/%s' % self.st['kernel'])) and \
+                    not any(p.startswith(('linux-headers-', 'kernel-devel-'))
+                            for p in self.st['packages']):
+                self.err('ERROR: Unable to find the kernel source tree for the currently running '
+                         'kernel.')
+                return 1
+            flavour = 'open' if '-m=kernel-open' in opts else 'proprietary'
+            self._driver(m.group(2).split('.')[0], flavour, base, 'runfile',
+                         version=m.group(2))
+        if '--toolkit' in opts:
+            _install_toolkit(self.root, self.st, m.group(1))
+        self.dirty = True
+        return 0
+
+    def run(self) -> int:
+        fn = getattr(self, 'cmd_' + self.name.replace('-', '_'), None)
+        if self.name == 'rmmod':
+            self.args = ['-r'] + self.args
+            fn = self.cmd_modprobe
+        if self.name == 'wget':
+            return self._wget()
+        if fn is None:
+            self.err('gpusim: no such stub %s' % self.name)
+            return 127
+        rc = fn()
+        if rc == -1:
+            return -1
+        if self.dirty:
+            self.save()
+        return rc
+
+    def _wget(self) -> int:
+        self.err('wget: not installed in this guest (use curl)')
+        return 127
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open('/proc/%d/stat' % pid, encoding='utf-8') as f:
+            return f.read().split(')')[-1].split()[0] != 'Z'
+    except OSError:
+        return True
+
+
+def _stub_main(name: str, args: list[str]) -> int:
+    sim = os.environ.get('HEAT_GPU_SIM') or os.path.dirname(os.path.abspath(__file__))
+    with _locked(sim):
+        stub = Stub(name, args)
+        sys.stdout.flush()
+        rc = stub.run()
+        if rc != -1:
+            stub.record(rc)
+    if rc == -1:
+        # Loopback traffic (Keystone, Heat) goes to the real curl, unchanged.
+        stub.record(0)
+        real = stub.st.get('real_curl') or '/usr/bin/curl'
+        sys.stdout.flush()
+        os.execv(real, [real] + args)
+    sys.stdout.flush()
+    return rc
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ['--stub']:
+        return _stub_main(argv[1], argv[2:])
+    import argparse
+    p = argparse.ArgumentParser(prog='gpusim', description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest='cmd', required=True)
+    mg = sub.add_parser('make-guest')
+    mg.add_argument('root')
+    mg.add_argument('--distro', required=True)
+    mg.add_argument('--version', required=True)
+    mg.add_argument('--devices', required=True, help='JSON file: list of PCI devices')
+    mg.add_argument('--prebaked', action='store_true')
+    mg.add_argument('--fault', action='append', default=[])
+    for name in ('reboot', 'commands', 'state', 'stop-services', 'boot-commands'):
+        sub.add_parser(name).add_argument('root')
+    ns = p.parse_args(argv)
+    if ns.cmd == 'make-guest':
+        devices = _read_json(ns.devices, None)
+        if devices is None:
+            p.error('--devices: cannot read %s' % ns.devices)
+        env = make_guest(ns.root, distro=ns.distro, version=ns.version, devices=devices,
+                         prebaked=ns.prebaked, faults=ns.fault)
+        print(json.dumps(env, indent=1, sort_keys=True))
+    elif ns.cmd == 'reboot':
+        reboot(ns.root)
+    elif ns.cmd == 'commands':
+        print(json.dumps(commands(ns.root), indent=1))
+    elif ns.cmd == 'state':
+        print(json.dumps(state(ns.root), indent=1, sort_keys=True))
+    elif ns.cmd == 'stop-services':
+        stop_services(ns.root)
+    elif ns.cmd == 'boot-commands':
+        print(json.dumps(boot_commands(ns.root)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(_main(sys.argv[1:]))

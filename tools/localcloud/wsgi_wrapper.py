@@ -1,0 +1,25 @@
+"""Serve an OpenStack WSGI application under gunicorn.
+
+The services parse ``sys.argv`` for their own options when the application is built, and gunicorn's
+arguments mean nothing to them. This module resets ``sys.argv`` from ``LOCALCLOUD_WSGI_ARGV`` (a JSON
+list) and then imports the application named by ``LOCALCLOUD_WSGI_APP`` (``module:attribute``).
+"""
+
+import importlib
+import json
+import os
+import sys
+
+
+def _load() -> object:
+    target = os.environ.get('LOCALCLOUD_WSGI_APP', '')
+    module_name, _, attribute = target.partition(':')
+    if not module_name or not attribute:
+        raise RuntimeError(
+            'LOCALCLOUD_WSGI_APP=%r is not valid: expected "module:attribute", for example '
+            '"keystone.wsgi.api:application"' % target)
+    sys.argv = json.loads(os.environ.get('LOCALCLOUD_WSGI_ARGV', '[]')) or [module_name]
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+application = _load()
