@@ -7,7 +7,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 echo "lint: flake8"
-flake8 heat_gpu tests tools benchmarks
+py_paths=(heat_gpu tests tools heat_gpu/guest/heat-gpu-agent)
+[ -d benchmarks ] && py_paths+=(benchmarks)
+flake8 "${py_paths[@]}"
 
 echo "lint: yamllint"
 yamllint -s hot environments

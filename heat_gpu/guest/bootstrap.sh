@@ -56,7 +56,7 @@ exec >>"$HEAT_GPU_LOG" 2>&1
 
 log() {
     local line
-    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) heat-gpu: $*"
+    printf -v line '%(%Y-%m-%dT%H:%M:%S%z)T heat-gpu: %s' -1 "$*"
     printf '%s\n' "$line"
     printf '%s\n' "$line" >&3 || true
     if command -v logger >/dev/null 2>&1; then
@@ -64,10 +64,23 @@ log() {
     fi
 }
 
+# now_ms: milliseconds since the epoch (bash 5's clock without a fork; date on older bash).
 now_ms() {
-    local ns
-    ns=$(date +%s%N)
-    echo $((ns / 1000000))
+    local us=${EPOCHREALTIME:-}
+    if [ -n "$us" ]; then
+        us=${us/[.,]/}
+        echo $((us / 1000))
+    else
+        us=$(date +%s%N)
+        echo $((us / 1000000))
+    fi
+}
+
+# value FILE: the first line of a state file.
+value() {
+    local v=
+    read -r v < "$1" || true
+    printf '%s\n' "$v"
 }
 
 # --- settings -------------------------------------------------------------------------------
@@ -320,12 +333,12 @@ step() {
     fi
     log "step $name"
     "$@"
-    touch "$STATE/$name.done"
+    : > "$STATE/$name.done"
 }
 
 add_phase_time() {
     local name=$1 start=$2 prev=0
-    [ -e "$STATE/phase-$name.ms" ] && prev=$(cat "$STATE/phase-$name.ms")
+    [ -e "$STATE/phase-$name.ms" ] && read -r prev < "$STATE/phase-$name.ms"
     echo $((prev + $(now_ms) - start)) > "$STATE/phase-$name.ms"
 }
 
@@ -337,14 +350,14 @@ phase() {
     fi
     PHASE=$name
     if [ ! -e "$STATE/phase-$name.started" ]; then
-        touch "$STATE/phase-$name.started"
+        : > "$STATE/phase-$name.started"
         signal IN_PROGRESS "phase $name started"
     fi
     start=$(now_ms)
     PHASE_START=$start
     "$@"
     add_phase_time "$name" "$start"
-    touch "$STATE/phase-$name.done"
+    : > "$STATE/phase-$name.done"
 }
 
 run_quiet() {
@@ -618,26 +631,34 @@ add_repo() {
     esac
 }
 
+# A branch of "auto" (or none) means the newest driver of NVIDIA's repository: the unversioned
+# packages and module streams.
 driver_packages() {
-    local rc=0
+    local rc=0 suffix=-$BRANCH stream
+    case "$BRANCH" in "" | auto) suffix= ;; esac
     case "$FAMILY" in
         debian)
             if [ "$MODULES" = open ]; then
-                pkg_install "nvidia-open-$BRANCH"
+                pkg_install "nvidia-open$suffix"
             else
-                pkg_install "cuda-drivers-$BRANCH"
+                pkg_install "cuda-drivers$suffix"
             fi
             ;;
         rhel)
             if [ "$RHEL_MAJOR" -ge 8 ]; then
-                local stream="nvidia-driver:$BRANCH-dkms"
-                [ "$MODULES" = open ] && stream="nvidia-driver:$BRANCH-open"
+                if [ -z "$suffix" ]; then
+                    stream=nvidia-driver:latest-dkms
+                    [ "$MODULES" = open ] && stream=nvidia-driver:open-dkms
+                else
+                    stream="nvidia-driver:$BRANCH-dkms"
+                    [ "$MODULES" = open ] && stream="nvidia-driver:$BRANCH-open"
+                fi
                 run_quiet dnf module install -y "$stream" || rc=$?
                 if [ "$rc" -ne 0 ]; then
                     fail "dnf module install $stream failed (exit $rc); see log_tail (is driver_branch $BRANCH offered for $DISTRO?)"
                 fi
             else
-                pkg_install "cuda-drivers-$BRANCH"
+                pkg_install "cuda-drivers$suffix"
             fi
             ;;
     esac
@@ -645,6 +666,10 @@ driver_packages() {
 
 runfile_install() {
     local full url args=(--silent --driver --toolkit)
+    case "$RUNFILE" in
+        cuda_*_linux.run) ;;
+        *) fail "install_method runfile needs the runfile name of CUDA $CUDA (cuda_candidates[].runfile, e.g. cuda_12.8.1_570.124.06_linux.run); accepted: a candidate with a runfile, or install_method packages" ;;
+    esac
     full=${RUNFILE#cuda_}
     full=${full%%_*}
     url="$(base_url)/compute/cuda/$full/local_installers/$RUNFILE"
@@ -716,7 +741,7 @@ request_reboot() {
         return 0
     fi
     install_resume_unit
-    touch "$STATE/reboot.requested"
+    : > "$STATE/reboot.requested"
     add_phase_time reboot "$PHASE_START"
     log "rebooting to leave nouveau behind; $UNIT resumes the installation"
     run_quiet reboot || fail "reboot failed; see log_tail"
@@ -845,7 +870,7 @@ verify() {
         fail "nvidia-smi lists $smi_count GPU(s), the flavor asks for $S_EXPECTED"
     fi
     if [ -e "$STATE/cuda_home" ]; then
-        home=$(cat "$STATE/cuda_home")
+        home=$(value "$STATE/cuda_home")
     else
         home=$(cuda_home "${CUDA:-0.0}") || fail "no CUDA toolkit under /usr/local on this pre-baked image; accepted: an image with the toolkit in /usr/local/cuda, or install_method auto"
     fi
@@ -859,7 +884,7 @@ verify() {
     mkdir -p "$WORK_CHECK"
     write_check_program "$WORK_CHECK/check.cu"
     run_quiet "$nvcc" "${gencode[@]}" -o "$WORK_CHECK/check" "$WORK_CHECK/check.cu" \
-        || fail "nvcc could not compile the GPU check program for compute capability $(cut -d, -f7 "$STATE/gpus.csv" | tr -d ' ' | sort -u | paste -sd' ') with CUDA $(cat "$STATE/cuda_version"); see log_tail"
+        || fail "nvcc could not compile the GPU check program for compute capability $(cut -d, -f7 "$STATE/gpus.csv" | tr -d ' ' | sort -u | paste -sd' ') with CUDA $(value "$STATE/cuda_version"); see log_tail"
     out=$("$WORK_CHECK/check" 2>&1) || fail "the GPU check program failed: $(printf '%s' "$out" | grep -m1 -i error || echo "$out" | tail -n1)"
     printf '%s\n' "$out"
     ok=$(printf '%s\n' "$out" | grep -c '^heat-gpu-check .* OK$' || true)
@@ -910,11 +935,15 @@ main() {
         exec 9>"$STATE/lock"
         flock -n 9 || { log "another bootstrap is running"; FINAL_SENT=yes; exit 0; }
     fi
-    if [ -e "$STATE/final_status" ]; then
-        log "bootstrap already finished: $(cat "$STATE/final_status")"
-        [ "$(cat "$STATE/final_status")" = SUCCESS ] && start_agent
+    if [ "$(value "$STATE/final_status" 2>/dev/null)" = SUCCESS ]; then
+        log "bootstrap already finished: SUCCESS"
+        start_agent
         FINAL_SENT=yes
         return 0
+    fi
+    if [ -e "$STATE/final_status" ]; then
+        log "the previous attempt failed ($(value "$STATE/failure_reason" 2>/dev/null)); retrying the unfinished steps"
+        rm -f "$STATE/final_status" "$STATE/failure_reason"
     fi
     WORK=$(mktemp -d "$STATE/work.XXXXXX")
     log "bootstrap starting (boot resume: $([ -e "$STATE/reboot.requested" ] && echo yes || echo no))"
@@ -922,7 +951,7 @@ main() {
     phase detect do_detect
     detect_distro
     GPU_COUNT=$(wc -l < "$STATE/pci.txt")
-    if [ "$(cat "$STATE/method")" != preinstalled ]; then
+    if [ "$(value "$STATE/method")" != preinstalled ]; then
         load_selection
         phase prepare-kernel do_prepare_kernel
         if [ "$METHOD" = runfile ]; then
@@ -935,7 +964,7 @@ main() {
         phase install-cuda do_install_cuda
     fi
     phase verify verify
-    summary="$GPU_COUNT GPU(s) ready: $(cut -d, -f2 "$STATE/gpus.csv" | sed 's/^ *//' | sort | uniq -c | sed 's/^ *//' | paste -sd, -), driver $(cat "$STATE/driver_version"), CUDA $(cat "$STATE/cuda_version") ($(cat "$STATE/method"))"
+    summary="$GPU_COUNT GPU(s) ready: $(cut -d, -f2 "$STATE/gpus.csv" | sed 's/^ *//' | sort | uniq -c | sed 's/^ *//' | paste -sd, -), driver $(value "$STATE/driver_version"), CUDA $(value "$STATE/cuda_version") ($(value "$STATE/method"))"
     PHASE=verify
     finish SUCCESS "$summary"
     start_agent

@@ -52,6 +52,8 @@ GUEST_STATUSES = (GUEST_IN_PROGRESS, GUEST_SUCCESS, GUEST_FAILURE) = (
 
 #: Resource data keys holding the guest's last signal.
 _STATUS_KEY, _REASON_KEY, _REPORT_KEY = 'gpu_status', 'gpu_reason', 'gpu_report'
+#: Resource data key holding what the flavor asks for: gpu_mode, gpu_count, gpu_model.
+_FACTS_KEY = 'gpu_request'
 
 _SHA256_RE = re.compile(r'^[0-9a-fA-F]{64}$')
 _CUDA_RE = r'^(auto|\d+\.\d+)$'
@@ -105,7 +107,9 @@ class CudaInstance(_Server):
     OS::GPU::SampleJob work on it.
     """
 
-    support_status = support.SupportStatus(version='2026.1')
+    support_status = support.SupportStatus(
+        status=support.SUPPORTED,
+        message='Provided by the heat-gpu plugin (heat_gpu/resources in plugin_dirs).')
 
     PROPERTIES = (
         CUDA_VERSION, DRIVER_BRANCH, INSTALL_METHOD, KERNEL_MODULES, MIRROR_URL, CHECKSUMS,
@@ -177,7 +181,7 @@ class CudaInstance(_Server):
             constraints=[constraints.AllowedValues(KERNEL_MODULE_FLAVOURS)]),
         MIRROR_URL: properties.Schema(
             properties.Schema.STRING,
-            'https base URL of a mirror of the NVIDIA repositories and installers, for clouds '
+            'Base URL (https://) of a mirror of the NVIDIA repositories and installers, for clouds '
             'whose instances cannot reach the internet. Default: the [heat_gpu] mirror_url '
             'option; unset means NVIDIA\'s own sites.'),
         CHECKSUMS: properties.Schema(
@@ -226,6 +230,10 @@ class CudaInstance(_Server):
 
     signal_needs_metadata_updates = False
 
+    # A guest FAILURE or a timeout raises exception.Error, not ResourceInError: Heat would delete
+    # and re-create the server action_retry_limit times, repeating an install that takes an hour
+    # and fails the same way.
+
     def validate(self) -> None:
         super().validate()
         self._validate_download_settings()
@@ -234,6 +242,12 @@ class CudaInstance(_Server):
 
     def handle_create(self) -> _BootWait:
         request = self._gpu_request(missing_flavor_ok=False)
+        for key in (_STATUS_KEY, _REASON_KEY, _REPORT_KEY):
+            self.data_delete(key)
+        model = self._model(request)
+        self.data_set(_FACTS_KEY, json.dumps({
+            'gpu_mode': request.mode, 'gpu_count': request.count,
+            'gpu_model': model.key if model else None}))
         self._create_transport_credentials(self.properties)
         tenant_user_data = self.properties[self.USER_DATA]
         if tenant_user_data and uuidutils.is_uuid_like(tenant_user_data):
@@ -245,21 +259,6 @@ class CudaInstance(_Server):
         with self._properties_overridden({self.USER_DATA: user_data}):
             server_id = super().handle_create()
         return _BootWait(server_id=server_id, deadline=deadline, timeout=timeout)
-
-    def check_create_complete(self, wait: _BootWait) -> bool:
-        status, reason, report = self._guest_state()
-        if status == GUEST_FAILURE:
-            raise exception.ResourceInError(resource_status=GUEST_FAILURE,
-                                            status_reason=self._failure_text(reason, report))
-        if not wait.active:
-            wait.active = super().check_create_complete(wait.server_id)
-        if wait.active and status == GUEST_SUCCESS:
-            return True
-        if timeutils.utcnow() > wait.deadline:
-            error = gpu_exception.BootstrapTimeout(phase=report.get('phase') or 'boot',
-                                                   timeout=wait.timeout)
-            raise exception.ResourceInError(resource_status='TIMEOUT', status_reason=str(error))
-        return False
 
     def handle_signal(self, details: Any = None) -> str:
         status, reason, report = self._parse_signal(details)
@@ -279,6 +278,20 @@ class CudaInstance(_Server):
                 len(report.get('gpus') or []), ', %s' % reason if reason else '')
         return self._failure_text(reason, report)
 
+    def check_create_complete(self, wait: _BootWait) -> bool:
+        status, reason, report = self._guest_state()
+        if status == GUEST_FAILURE:
+            raise exception.Error(self._failure_text(reason, report))
+        if not wait.active:
+            wait.active = super().check_create_complete(wait.server_id)
+        if wait.active and status == GUEST_SUCCESS:
+            return True
+        if timeutils.utcnow() > wait.deadline:
+            error = gpu_exception.BootstrapTimeout(phase=report.get('phase') or 'boot',
+                                                   timeout=wait.timeout)
+            raise exception.Error(str(error))
+        return False
+
     def _resolve_attribute(self, name: str) -> Any:
         if name not in self.ATTRIBUTES:
             return super()._resolve_attribute(name)
@@ -292,6 +305,12 @@ class CudaInstance(_Server):
         if name == self.PHASE_TIMES:
             return report.get('phases')
         return report.get(name)
+
+    def gpu_facts(self) -> dict:
+        """What OS::GPU::SampleJob needs: gpus (as reported), gpu_model, gpu_mode, gpu_count."""
+        facts = json.loads(self._fresh_data().get(_FACTS_KEY) or '{}')
+        facts['gpus'] = self._guest_state()[2].get('gpus') or []
+        return facts
 
     @contextlib.contextmanager
     def _properties_overridden(self, overrides: dict) -> Iterator[None]:
@@ -334,10 +353,12 @@ class CudaInstance(_Server):
         return request.model
 
     def _check_cuda(self, request: gpu_request.GpuRequest) -> None:
-        version = self._setting(self.CUDA_VERSION, 'default_cuda_version')
-        model = self._model(request)
-        if model is not None:
-            cuda.check_cuda_version(version, model, prop=self.CUDA_VERSION)
+        """Check the CUDA version, driver branch and module flavour against the GPU model."""
+        cuda.select(gpu_model=self._model(request),
+                    cuda_version=self._setting(self.CUDA_VERSION, 'default_cuda_version'),
+                    driver_branch=self._setting(self.DRIVER_BRANCH, 'default_driver_branch'),
+                    kernel_modules=self.properties[self.KERNEL_MODULES],
+                    install_method=self.properties[self.INSTALL_METHOD])
 
     def _validate_download_settings(self) -> None:
         mirror = self.properties[self.MIRROR_URL]
@@ -392,17 +413,21 @@ class CudaInstance(_Server):
 
     def _guest_state(self) -> tuple[str | None, str | None, dict]:
         """The guest's last status, reason and report, read fresh from the database."""
-        if self.id is None:
-            return None, None, {}
-        try:
-            data = resource_data_objects.ResourceData.get_all(self)
-        except exception.NotFound:
-            return None, None, {}
+        data = self._fresh_data()
         try:
             report = json.loads(data.get(_REPORT_KEY) or '{}')
         except ValueError:
             report = {}
         return data.get(_STATUS_KEY), data.get(_REASON_KEY), report
+
+    def _fresh_data(self) -> dict:
+        """The resource data as stored now (signals arrive in other threads or engines)."""
+        if self.id is None:
+            return {}
+        try:
+            return resource_data_objects.ResourceData.get_all(self)
+        except exception.NotFound:
+            return {}
 
     def _parse_signal(self, details: Any) -> tuple[str, str, dict]:
         if not isinstance(details, collections.abc.Mapping):

@@ -87,7 +87,9 @@ class SampleJob(_Deployment):
     property (``rerun`` exists for that) runs the job again.
     """
 
-    support_status = support.SupportStatus(version='2026.1')
+    support_status = support.SupportStatus(
+        status=support.SUPPORTED,
+        message='Provided by the heat-gpu plugin (heat_gpu/resources in plugin_dirs).')
 
     PROPERTIES = (
         INSTANCE, SAMPLES, MIN_RATIO, THRESHOLDS, TIMEOUT, RERUN,
@@ -159,15 +161,11 @@ class SampleJob(_Deployment):
 
     def validate(self) -> None:
         resource.Resource.validate(self)
-        bad = {k: v for k, v in (self.properties[self.THRESHOLDS] or {}).items()
-               if k not in results.SAMPLE_NAMES or not _is_ratio(v)}
-        if bad:
-            key, value = sorted(bad.items())[0]
-            raise exception.StackValidationFailed(
-                resource=self,
-                message='Invalid value %r for thresholds.%s: keys are sample names (%s) and '
-                        'values numbers from 0.0 to 1.0.'
-                        % (value, key, ', '.join(results.SAMPLE_NAMES)))
+        try:
+            results.validate_thresholds(min_ratio=self._min_ratio(),
+                                        thresholds=self.properties[self.THRESHOLDS])
+        except gpu_exception.HeatGpuError as ex:
+            raise exception.StackValidationFailed(resource=self, message=str(ex))
         instance = self.properties[self.INSTANCE]
         target = self.stack.resource_by_refid(instance) if instance else None
         if target is not None and target.properties.get('user_data_format') != 'SOFTWARE_CONFIG':
@@ -181,19 +179,20 @@ class SampleJob(_Deployment):
         super().handle_create()
         return self._wait()
 
-    def check_create_complete(self, wait: _JobWait) -> bool:
-        return self._check_job(wait)
-
     def handle_update(self, json_snippet: Any, tmpl_diff: Any, prop_diff: dict) -> _JobWait:
         previous = self._get_derived_config_id() if self.resource_id else None
         self.properties = json_snippet.properties(self.properties_schema, self.context)
         self._handle_action(self.UPDATE, prev_derived_config=previous)
         return self._wait()
 
+    def check_create_complete(self, wait: _JobWait) -> bool:
+        return self._check_job(wait)
+
     def check_update_complete(self, wait: _JobWait) -> bool:
         return self._check_job(wait)
 
     def get_attribute(self, key: str, *path: Any) -> Any:
+        """Resolve through the attribute schema (SoftwareDeployment maps keys to outputs)."""
         return resource.Resource.get_attribute(self, key, *path)
 
     def _resolve_attribute(self, name: str) -> Any:
@@ -220,6 +219,11 @@ class SampleJob(_Deployment):
 
     def _handle_action(self, action: str, config: Any = None,
                        prev_derived_config: Any = None) -> Any:
+        """Deploy the sample runner on CREATE and UPDATE; the other actions deploy nothing.
+
+        SoftwareDeployment's code reads its own properties (server, config, input_values, ...);
+        they are derived from this resource's properties for the duration of the call.
+        """
         if action not in (self.CREATE, self.UPDATE):
             return None
         overrides = {
@@ -261,15 +265,30 @@ class SampleJob(_Deployment):
         value = self.properties[self.TIMEOUT]
         return int(value if value is not None else cfg.CONF.heat_gpu.sample_timeout)
 
+    def _instance_facts(self) -> dict:
+        """GPUs, model and mode of the instance when it is a CudaInstance of this stack."""
+        instance = self.properties[self.INSTANCE]
+        target = self.stack.resource_by_refid(instance) if instance else None
+        facts = getattr(target, 'gpu_facts', None)
+        return facts() if callable(facts) else {}
+
     def _inputs(self) -> dict:
-        return results.runner_inputs(samples=self.properties[self.SAMPLES],
-                                     min_ratio=self._min_ratio(),
-                                     thresholds=dict(self.properties[self.THRESHOLDS] or {}),
-                                     rerun=self.properties[self.RERUN])
+        facts = self._instance_facts()
+        try:
+            return results.runner_inputs(
+                samples=self.properties[self.SAMPLES], min_ratio=self._min_ratio(),
+                thresholds=self.properties[self.THRESHOLDS], gpus=facts.get('gpus') or (),
+                gpu_model=facts.get('gpu_model'), vgpu=facts.get('gpu_mode') == 'vgpu',
+                rerun=self.properties[self.RERUN])
+        except gpu_exception.HeatGpuError as ex:
+            raise exception.StackValidationFailed(resource=self, message=str(ex))
 
     def _evaluate(self, stdout: str) -> Any:
+        inputs = self._inputs()
         return results.evaluate(stdout, min_ratio=self._min_ratio(),
-                                thresholds=dict(self.properties[self.THRESHOLDS] or {}))
+                                thresholds=self.properties[self.THRESHOLDS],
+                                expected=json.loads(inputs['HEAT_GPU_EXPECTED']),
+                                vgpu=self._instance_facts().get('gpu_mode') == 'vgpu')
 
     def _wait(self) -> _JobWait:
         timeout = self._timeout()
@@ -285,32 +304,28 @@ class SampleJob(_Deployment):
         if status == self.IN_PROGRESS:
             if timeutils.utcnow() > wait.deadline:
                 self._handle_cancel()
-                raise exception.ResourceInError(
-                    resource_status='TIMEOUT',
-                    status_reason='GPU sample job did not report within %d s (timeout); is '
-                                  'the heat-gpu agent running on the instance? Raise timeout '
-                                  'for slow GPUs.' % wait.timeout)
+                raise exception.Error(
+                    'GPU sample job did not report within %d s (timeout); is the heat-gpu '
+                    'agent running on the instance? Raise timeout for slow GPUs.'
+                    % wait.timeout)
             return False
         outputs = sd[rpc_api.SOFTWARE_DEPLOYMENT_OUTPUT_VALUES] or {}
         stdout = outputs.get(self.STDOUT) or ''
         try:
             report = self._evaluate(stdout)
         except gpu_exception.HeatGpuError as ex:
-            raise exception.ResourceInError(
-                resource_status=status,
-                status_reason='GPU sample job failed: %s (status %s: %s)%s' % (
+            raise exception.Error(
+                'GPU sample job failed: %s (status %s: %s)%s' % (
                     ex, outputs.get(self.STATUS_CODE),
                     sd[rpc_api.SOFTWARE_DEPLOYMENT_STATUS_REASON],
                     _tail(outputs.get(self.STDERR))))
         if not report.passed:
             error = gpu_exception.SampleJobFailed(reason=results.failure_reason(report),
                                                   results=report.results)
-            raise exception.ResourceInError(resource_status=self.FAILED,
-                                            status_reason='%s; %s' % (error, report.summary))
+            raise exception.Error('%s (%s)' % (error, report.summary.split('; ')[0]))
         if status == self.FAILED:
-            raise exception.ResourceInError(
-                resource_status=status,
-                status_reason='GPU sample job failed: %s%s' % (
+            raise exception.Error(
+                'GPU sample job failed: %s%s' % (
                     sd[rpc_api.SOFTWARE_DEPLOYMENT_STATUS_REASON],
                     _tail(outputs.get(self.STDERR))))
         return True

@@ -29,7 +29,6 @@ STACK_PATH = 'gpu-stack/5d3a0c1e-7a3e-4b7e-9f57-3f0f2d7c9a10'
 SERVER_CREDS = {'auth_url': None, 'user_id': 'server-user', 'password': 'server-pw',
                 'project_id': 'stack-project', 'stack_id': STACK_PATH,
                 'resource_name': 'gpu_vm', 'region_name': 'RegionOne'}
-PASSWORDS = {'server-user': 'server-pw', 'job-user': 'job-pw'}
 
 CONFIG = """#!/bin/sh
 echo "samples=$HEAT_GPU_SAMPLES ratio=$HEAT_GPU_MIN_RATIO action=$deploy_action"
@@ -61,16 +60,42 @@ def deployment(*, config_id: str, action: str = 'CREATE', exit_code: int = 0,
         ]}
 
 
-class FakeCloud:
-    """Keystone (``/identity/v3``) and Heat (``/heat/v1/<project>``) on one ephemeral port."""
+def write_credentials(root: str, heat: dict) -> None:
+    """Write what heat's part handler writes: the cfn-init-data with the polling credentials."""
+    cfn = os.path.join(root, 'var/lib/heat-cfntools')
+    os.makedirs(cfn, exist_ok=True)
+    with open(os.path.join(cfn, 'cfn-init-data'), 'w') as f:
+        json.dump({'deployments': [], 'os-collect-config': {
+            'collectors': ['ec2', 'heat', 'local'], 'heat': heat}}, f)
 
-    def __init__(self) -> None:
+
+def run_agent_once(*, root: str, path: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real agent once in a clean environment rooted at *root*."""
+    env = {'PATH': path or os.environ.get('PATH', '/usr/bin:/bin'), 'HEAT_GPU_ROOT': root,
+           'HEAT_GPU_AGENT_TIMEOUT': '60'}
+    return subprocess.run([sys.executable, AGENT, '--once'], env=env, capture_output=True,
+                          text=True, timeout=90, check=False)
+
+
+class FakeCloud:
+    """Keystone (``/identity/v3``) and Heat (``/heat/v1/<project>``) on one ephemeral port.
+
+    *server* is the (user id, password) that may read *server_resource*'s metadata; *signallers*
+    are the credentials that may signal resources of the stack.
+    """
+
+    def __init__(self, *, project: str = 'stack-project', stack_path: str = STACK_PATH,
+                 server_resource: str = 'gpu_vm',
+                 server: tuple = ('server-user', 'server-pw'),
+                 signallers: tuple = (('job-user', 'job-pw'),)) -> None:
         self.requests = []
         self.signals = []
+        self.signalled = []
         self.metadata = {'deployments': [], 'os-collect-config': {}}
         self.tokens = {}
         self.signal_status = 200
         cloud = self
+        heat_prefix = '/heat/v1/%s/stacks/%s/resources/' % (project, stack_path)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -95,30 +120,33 @@ class FakeCloud:
                 cloud.requests.append(('POST', self.path, body))
                 if self.path == '/identity/v3/auth/tokens':
                     return self._token(body)
-                user = cloud.tokens.get(self.headers.get('X-Auth-Token'))
-                prefix = '/heat/v1/stack-project/stacks/%s/resources/samples/signal' % STACK_PATH
-                if self.path == prefix and user == 'job-user':
+                principal = cloud.tokens.get(self.headers.get('X-Auth-Token'))
+                name, _, action = self.path[len(heat_prefix):].partition('/')
+                if (self.path.startswith(heat_prefix) and action == 'signal'
+                        and principal in signallers):
                     if cloud.signal_status == 200:
                         cloud.signals.append(body)
+                        cloud.signalled.append(name)
                     return self._reply(cloud.signal_status)
-                return self._reply(401 if user is None else 404, {'error': self.path})
+                return self._reply(401 if principal is None else 404, {'error': self.path})
 
             def do_GET(self):
                 cloud.requests.append(('GET', self.path, None))
-                user = cloud.tokens.get(self.headers.get('X-Auth-Token'))
-                path = '/heat/v1/stack-project/stacks/%s/resources/gpu_vm/metadata' % STACK_PATH
-                if self.path == path and user == 'server-user':
+                principal = cloud.tokens.get(self.headers.get('X-Auth-Token'))
+                if self.path == heat_prefix + server_resource + '/metadata' and \
+                        principal == server:
                     return self._reply(200, {'metadata': cloud.metadata})
-                return self._reply(401 if user is None else 404, {'error': self.path})
+                return self._reply(401 if principal is None else 404, {'error': self.path})
 
             def _token(self, body):
                 ident = body['auth']['identity']['password']['user']
                 scope = body['auth']['scope']['project']['id']
-                if PASSWORDS.get(ident['id']) != ident['password'] or scope != 'stack-project':
+                principal = (ident['id'], ident['password'])
+                if principal not in (server,) + tuple(signallers) or scope != project:
                     return self._reply(401, {'error': 'bad credentials'})
                 token = 'tok-%d' % len(cloud.tokens)
-                cloud.tokens[token] = ident['id']
-                heat = 'http://127.0.0.1:%d/heat/v1/stack-project' % cloud.port
+                cloud.tokens[token] = principal
+                heat = 'http://127.0.0.1:%d/heat/v1/%s' % (cloud.port, project)
                 catalog = [{'type': 'orchestration', 'name': 'heat', 'endpoints': [
                     {'interface': 'internal', 'region_id': 'RegionOne', 'url': 'http://bad'},
                     {'interface': 'public', 'region_id': 'RegionOne', 'url': heat}]}]
@@ -151,12 +179,7 @@ class AgentTest(testtools.TestCase):
         self.root = tempfile.mkdtemp()
         self.addCleanup(subprocess.run, ['rm', '-rf', self.root], check=False)
         self.run_log = os.path.join(self.root, 'runs.log')
-        creds = dict(SERVER_CREDS, auth_url=self.cloud.auth_url)
-        cfn = os.path.join(self.root, 'var/lib/heat-cfntools')
-        os.makedirs(cfn)
-        with open(os.path.join(cfn, 'cfn-init-data'), 'w') as f:
-            json.dump({'deployments': [], 'os-collect-config': {
-                'collectors': ['ec2', 'heat', 'local'], 'heat': creds}}, f)
+        write_credentials(self.root, dict(SERVER_CREDS, auth_url=self.cloud.auth_url))
 
     def _start_cloud(self):
         cloud = FakeCloud()
@@ -172,10 +195,7 @@ class AgentTest(testtools.TestCase):
         return dep
 
     def run_agent(self):
-        env = dict(os.environ, HEAT_GPU_ROOT=self.root, HEAT_GPU_AGENT_TIMEOUT='60')
-        env.pop('HEAT_GPU_STATE_DIR', None)
-        return subprocess.run([sys.executable, AGENT, '--once'], env=env, capture_output=True,
-                              text=True, timeout=60, check=False)
+        return run_agent_once(root=self.root)
 
     def runs(self):
         if not os.path.exists(self.run_log):
@@ -187,7 +207,7 @@ class AgentTest(testtools.TestCase):
         self.cloud.metadata['deployments'] = [self._deployment(config_id='cfg-1')]
         proc = self.run_agent()
         self.assertEqual(0, proc.returncode, proc.stderr)
-        self.assertEqual(1, len(self.cloud.signals))
+        self.assertEqual(['samples'], self.cloud.signalled)
         signal = self.cloud.signals[0]
         self.assertEqual('samples=vector_add,gemm ratio=0.8 action=CREATE\n',
                          signal['deploy_stdout'])

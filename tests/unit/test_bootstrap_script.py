@@ -265,6 +265,29 @@ class TestPaths(_Base):
         self.assertEqual([], [c for c in _installs(b.commands()) if c.startswith('cuda')])
         self.assertEqual('runfile', b.state()['driver']['method'])
 
+    def test_branch_auto_installs_the_newest_driver(self) -> None:
+        # What the plain-HOT provider template writes for cuda_version 12.4 not in its table.
+        settings = {'install_method': 'auto', 'kernel_modules': 'proprietary',
+                    'kernel_modules_auto': True, 'cuda_auto': False,
+                    'cuda_candidates': [{'cuda': '12.4', 'branch': 'auto'}],
+                    'mirror_url': '', 'checksums': {}, 'gpu_model': ''}
+        b = self.boot(distro='rocky', version='9', settings=settings)
+        self.assertEqual('SUCCESS', b.final_status(), b.log())
+        self.assertIn(['module', 'install', '-y', 'nvidia-driver:latest-dkms'],
+                      [c['args'] for c in b.commands('dnf')])
+        self.assertIn('cuda-toolkit-12-4', _installs(b.commands()))
+
+    def test_mirror_replaces_nvidia_host(self) -> None:
+        mirror = 'https://mirror.example.org/nvidia'
+        b = self.boot(settings=sandbox.base_settings(mirror_url=mirror + '/'))
+        self.assertEqual('SUCCESS', b.final_status(), b.log())
+        self.assertEqual([mirror + '/compute/cuda/repos/ubuntu2204/x86_64/'
+                          'cuda-keyring_1.1-1_all.deb'],
+                         [c['args'][-1] for c in _downloads(b)])
+        sources = b.file('/etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list')
+        self.assertIn(mirror + '/compute/cuda/repos/ubuntu2204/x86_64/ /', sources)
+        self.assertNotIn('developer.download.nvidia.com', sources)
+
     def test_open_modules_for_turing(self) -> None:
         settings = sandbox.base_settings(gpu_model='T4')
         self.assertEqual('open', settings['kernel_modules'])
@@ -333,6 +356,15 @@ class TestFailures(_Base):
         self.assertEqual('install-driver', report['phase'])
         self.assertIn('503  Service Unavailable', '\n'.join(report['log_tail']))
         self.assertEqual(0, len(b.commands('reboot')))
+        # Once the repository works again, a rerun finishes without redoing the kernel steps.
+        sandbox.gpusim.set_faults(self.root, [])
+        subprocess.run(['bash', sandbox.SCRIPT], env=b.env, capture_output=True, text=True,
+                       timeout=60, check=False)
+        self.assertTrue(sandbox.gpusim.reboot_pending(self.root))
+        self.assertEqual(1, len(b.commands('update-initramfs')))
+        self.assertEqual(1, len(b.commands('dpkg')))
+        self.assertEqual(['cuda-drivers-575'],
+                         [p for p in _installs(b.commands()) if p.startswith('cuda-drivers')][1:])
 
     def test_checksum_mismatch(self) -> None:
         settings = sandbox.base_settings()

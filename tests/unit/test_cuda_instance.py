@@ -21,9 +21,12 @@ import copy
 import datetime
 import email
 import gzip
+import importlib.util
 import json
 import os
-import sys
+import shutil
+import subprocess
+import tempfile
 
 from oslo_config import cfg
 from oslo_utils import timeutils
@@ -34,13 +37,17 @@ from heat.common import template_format
 from heat.engine.clients.os import glance
 from heat.engine.clients.os import nova
 from heat.engine import resource
-from heat.engine import resources
 from heat.engine import scheduler
 from heat.objects import event as event_object
 from heat.tests.openstack.nova import fakes as fakes_nova
 from heat.tests import utils
 
 from heat_gpu.resources import cuda_instance
+from tests.unit import base
+from tests.unit import test_agent
+
+#: Nova refuses user data longer than this once base64-encoded.
+NOVA_USER_DATA_LIMIT = 65535
 
 TENANT_SCRIPT = '#!/bin/sh\necho tenant-part > /tmp/tenant\n'
 
@@ -68,15 +75,16 @@ GPU = {'index': 0, 'name': 'Tesla P100-PCIE-16GB', 'pci_address': '0000:00:05.0'
        'memory_mib': 16384, 'uuid': 'GPU-4b5c1d2e', 'pci_id': '10de:15f8'}
 
 
-def init_global_environment() -> None:
-    """Load heat's global environment from the installed heat (``sys.prefix/etc/heat``).
+TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
 
-    HeatTestCase looks for etc/heat beside the heat package, where only a source tree has it.
-    """
-    env_dir = os.path.join(sys.prefix, 'etc', 'heat', 'environment.d')
-    if os.path.isdir(env_dir):
-        cfg.CONF.set_default('environment_dir', env_dir)
-    resources.initialise()
+
+def load_gpusim():
+    """tools/gpusim/gpusim.py, the simulated GPU guest (not a package: loaded by path)."""
+    path = os.path.join(TOP, 'tools', 'gpusim', 'gpusim.py')
+    spec = importlib.util.spec_from_file_location('gpusim', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class FakeFlavor:
@@ -137,10 +145,11 @@ def payloads(user_data: str) -> list:
 class CudaInstanceTest(common.HeatTestCase):
 
     def setUp(self):
-        init_global_environment()
+        base.init_global_environment()
         super().setUp()
         for name, cls in cuda_instance.resource_mapping().items():
             resource._register_class(name, cls)
+        cfg.CONF.set_override('action_retry_limit', 0)
         self.fc = fakes_nova.FakeClient()
         self.patchobject(nova.NovaClientPlugin, 'client', return_value=self.fc)
         self.patchobject(nova.NovaClientPlugin, 'find_flavor_by_name_or_id',
@@ -157,10 +166,10 @@ class CudaInstanceTest(common.HeatTestCase):
         self.patchobject(self.fc.servers, 'get', return_value=self.server)
         self.patchobject(cuda_instance.CudaInstance, 'store_external_ports')
 
-    def _stack(self, **props):
+    def _stack(self, stack_name='gpu-stack', **props):
         tmpl = template_format.parse(TEMPLATE)
         tmpl['resources']['gpu_vm']['properties'].update(props)
-        return utils.parse_stack(tmpl, stack_name='gpu-stack')
+        return utils.parse_stack(tmpl, stack_name=stack_name)
 
     def _start(self, **props):
         stack = self._stack(**props)
@@ -189,7 +198,8 @@ class CudaInstanceTest(common.HeatTestCase):
 
     def test_gpu_flavors_validate(self):
         for flavor in ('gpu.p100', 'gpu.a100x2', 'gpu.vgpu'):
-            self.assertIsNone(self._stack(flavor=flavor)['gpu_vm'].validate())
+            stack = self._stack(stack_name='gpu-%s' % flavor.replace('.', '-'), flavor=flavor)
+            self.assertIsNone(stack['gpu_vm'].validate())
 
     def test_cuda_version_too_new_for_pascal(self):
         stack = self._stack(cuda_version='13.0')
@@ -200,6 +210,13 @@ class CudaInstanceTest(common.HeatTestCase):
     def test_cuda_version_fine_for_ampere(self):
         stack = self._stack(flavor='gpu.a100x2', cuda_version='12.4')
         self.assertIsNone(stack['gpu_vm'].validate())
+
+    def test_open_modules_refused_for_pascal(self):
+        stack = self._stack(kernel_modules='open')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('kernel_modules', str(exc))
+        self.assertIn('proprietary', str(exc))
+        self.assertIn('P100-PCIE-16GB', str(exc))
 
     def test_cuda_version_pattern(self):
         stack = self._stack(cuda_version='latest')
@@ -255,6 +272,9 @@ class CudaInstanceTest(common.HeatTestCase):
         parts = payloads(user_data)
         self.assertIn(TENANT_SCRIPT, parts)
         self.assertTrue(any(p.startswith('#!/bin/bash') and 'heat-gpu' in p for p in parts))
+        self.assertNotIn(stack.context.auth_token, user_data)
+        self.assertLessEqual(len(base64.b64encode(user_data.encode('utf-8'))),
+                             NOVA_USER_DATA_LIMIT)
         occ = rsrc.metadata_get()['os-collect-config']['heat']
         self.assertEqual(signal['user_id'], occ['user_id'])
         self.assertEqual(signal['password'], occ['password'])
@@ -350,3 +370,66 @@ class CudaInstanceTest(common.HeatTestCase):
         self.assertEqual((rsrc.DELETE, rsrc.COMPLETE), rsrc.state)
         delete.assert_called_once_with(self.server.id)
         self.assertNotIn('user_id', rsrc.data())
+
+    def _boot_in_gpusim(self, *, prebaked: bool, faults: tuple = ()):
+        """Run the real bootstrap.sh in gpusim with the settings from this resource's user data.
+
+        Returns the stack, the resource, its create runner and the signals the guest sent.
+        """
+        stack, rsrc, runner = self._start()
+        self.server.status = 'ACTIVE'
+        settings = bootstrap_settings(self.create.call_args.kwargs['userdata'])
+        signal = settings['signal']
+        cloud = test_agent.FakeCloud(
+            project=signal['project_id'], stack_path=signal['stack_id'],
+            server_resource='gpu_vm', server=(signal['user_id'], signal['password']),
+            signallers=((signal['user_id'], signal['password']),))
+        cloud.__enter__()
+        self.addCleanup(cloud.__exit__)
+        signal['auth_url'] = cloud.auth_url
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        gpusim = load_gpusim()
+        env = gpusim.make_guest(root, distro='ubuntu', version='22.04', prebaked=prebaked,
+                                faults=faults,
+                                devices=[{'pci_address': GPU['pci_address'], 'vendor_id': '10de',
+                                          'product_id': '15f8', 'numa_node': 0}])
+        self.addCleanup(gpusim.stop_services, root)
+        os.makedirs(os.path.dirname(env['HEAT_GPU_SETTINGS']), exist_ok=True)
+        with open(env['HEAT_GPU_SETTINGS'], 'w') as f:
+            json.dump(settings, f)
+        subprocess.run(['bash', os.path.join(TOP, 'heat_gpu', 'guest', 'bootstrap.sh')],
+                       env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+                       check=False)
+        self.assertEqual({'gpu_vm'}, set(cloud.signalled))
+        return stack, rsrc, runner, cloud.signals
+
+    def test_real_boot_script_reports_success(self):
+        """A pre-baked P100 image: the boot script detects, verifies and reports in seconds."""
+        stack, rsrc, runner, signals = self._boot_in_gpusim(prebaked=True)
+        self.assertEqual('SUCCESS', signals[-1]['status'])
+        for body in signals:
+            rsrc.signal(body)
+        runner.run_to_completion()
+        self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+        gpus = attr(rsrc, 'gpus')
+        self.assertEqual(1, attr(rsrc, 'gpu_count'))
+        self.assertEqual('Tesla P100-PCIE-16GB', gpus[0]['name'])
+        self.assertEqual(GPU['pci_address'].lower(), gpus[0]['pci_address'].lower())
+        self.assertTrue(attr(rsrc, 'driver_version'))
+        self.assertTrue(attr(rsrc, 'cuda_version'))
+        self.assertIn('detect', attr(rsrc, 'phase_times'))
+
+    def test_real_boot_script_failure_reaches_the_event(self):
+        """No GPU on the guest's PCI bus: FAILURE with the guest's reason and log tail."""
+        stack, rsrc, runner, signals = self._boot_in_gpusim(prebaked=False, faults=('no-gpu',))
+        self.assertEqual('FAILURE', signals[-1]['status'])
+        for body in signals:
+            rsrc.signal(body)
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertEqual((rsrc.CREATE, rsrc.FAILED), rsrc.state)
+        self.assertIn('GPU bootstrap failed in phase detect', str(exc))
+        self.assertIn(signals[-1]['reason'], rsrc.status_reason)
+        tail = attr(rsrc, 'log_tail')
+        self.assertTrue(tail)
+        self.assertIn(tail[-1], rsrc.status_reason)

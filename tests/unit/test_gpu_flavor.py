@@ -15,24 +15,19 @@
 from heat.tests import common
 
 import copy
-import logging
-import os
-import sys
 from unittest import mock
 
-import fixtures
 
 from heat.common import exception
 from heat.common import template_format
 from heat.engine.clients.os import keystone
 from heat.engine import resource
-from heat.engine import resources
 from heat.engine import scheduler
 from heat.tests import utils
 from novaclient import exceptions as nova_exceptions
-from oslo_config import cfg
 
 from heat_gpu.resources import gpu_flavor
+from tests.unit import base
 
 FLAVOR_TEMPLATE = '''
 heat_template_version: 2021-04-16
@@ -63,19 +58,6 @@ resources:
 '''
 
 
-def init_global_environment() -> None:
-    """Load heat's global environment from the installed heat's environment.d.
-
-    HeatTestCase looks for etc/heat next to the heat package, where a source tree has it; a
-    heat wheel installs it under the environment prefix instead (sys.prefix/etc/heat).
-    """
-    env_dir = os.path.join(sys.prefix, 'etc', 'heat', 'environment.d')
-    if os.path.isdir(env_dir):
-        cfg.CONF.set_default('environment_dir', env_dir)
-    with fixtures.FakeLogger(level=logging.WARNING):
-        resources.initialise()
-
-
 class FakeFlavor:
     """What novaclient returns for a flavor: an id and the extra-spec methods."""
 
@@ -101,7 +83,7 @@ class FakeFlavor:
 class GpuFlavorTestBase(common.HeatTestCase):
 
     def setUp(self):
-        init_global_environment()
+        base.init_global_environment()
         super().setUp()
         for name, cls in gpu_flavor.resource_mapping().items():
             resource._register_class(name, cls)

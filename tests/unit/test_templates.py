@@ -359,6 +359,87 @@ class TestLaunchable(testtools.TestCase):
         validate_stack(tmpl, files, env)
 
 
+class TestResolvedProperties(testtools.TestCase):
+    """Property values heat computes from the parameters, with and without a network."""
+
+    scenarios = [
+        ('gpu_instance', {'path': 'hot/gpu_instance.yaml', 'params': {}}),
+        ('gpu_multi', {'path': 'hot/gpu_multi.yaml', 'params': {}}),
+        ('gpu_jupyter', {'path': 'hot/gpu_jupyter.yaml', 'params': {}}),
+        ('gpu_node', {'path': 'hot/lib/gpu_node.yaml', 'params': {'index': '3'}}),
+    ]
+
+    def instance_properties(self, **params) -> dict:
+        from heat.engine import environment
+        resources.initialise()
+        tmpl = template_format.parse(read(os.path.join(ROOT, self.path)))
+        values = dict(self.params, flavor='gpu.p100', image='ubuntu', **params)
+        stack = parser.Stack(utils.dummy_context(), 'resolve',
+                             template.Template(tmpl, env=environment.Environment(
+                                 {'parameters': values})))
+        props = tmpl['resources']['instance']['properties']
+        return function.resolve(stack.t.parse(stack, props))
+
+    def test_without_network_or_key(self):
+        props = self.instance_properties()
+        self.assertEqual([{'allocate_network': 'none'}], props['networks'])
+        self.assertIsNone(props['key_name'])
+        self.assertEqual('gpu.p100', props['flavor'])
+
+    def test_with_network_and_key(self):
+        props = self.instance_properties(network='private', key_name='mykey')
+        self.assertEqual([{'network': 'private'}], props['networks'])
+        self.assertEqual('mykey', props['key_name'])
+        if 'name' in props:
+            self.assertEqual('gpu-node-3', props['name'])
+
+
+class TestExpressions(testtools.TestCase):
+    """yaql expressions of the templates, evaluated by heat's yaql function."""
+
+    def evaluate(self, path: str, snippet: dict, data: dict, params: dict | None = None):
+        from heat.engine import environment
+        resources.initialise()
+        tmpl = template_format.parse(read(os.path.join(ROOT, path)))
+        stack = parser.Stack(utils.dummy_context(), 'yaql',
+                             template.Template(tmpl, env=environment.Environment(
+                                 {'parameters': params or {}})))
+        expr = {'yaql': {'expression': snippet['yaql']['expression'], 'data': data}}
+        return function.resolve(stack.t.parse(stack, expr))
+
+    def test_cluster_all_passed(self):
+        tmpl = template_format.parse(read(os.path.join(ROOT, 'hot', 'gpu_cluster.yaml')))
+        snippet = tmpl['outputs']['all_passed']['value']
+        params = {'flavor': 'f', 'image': 'i'}
+        path = 'hot/gpu_cluster.yaml'
+        self.assertTrue(self.evaluate(path, snippet, {'passed': [True, True]}, params))
+        self.assertFalse(self.evaluate(path, snippet, {'passed': [True, False]}, params))
+        self.assertFalse(self.evaluate(path, snippet, {'passed': []}, params))
+
+    def test_node_adds_p2p_with_two_gpus(self):
+        path = 'hot/lib/gpu_node.yaml'
+        tmpl = template_format.parse(read(os.path.join(ROOT, path)))
+        snippet = tmpl['resources']['samples']['properties']['samples']
+        params = {'flavor': 'f', 'image': 'i'}
+        self.assertNotIn('p2p', self.evaluate(path, snippet, {'gpus': 1}, params))
+        self.assertIn('p2p', self.evaluate(path, snippet, {'gpus': 2}, params))
+
+    def test_flavor_set_count(self):
+        path = 'hot/gpu_flavors.yaml'
+        tmpl = template_format.parse(read(os.path.join(ROOT, path)))
+        snippet = tmpl['resources']['flavors']['properties']['count']
+        data = {'models': ['T4', 'L4'], 'counts': ['1', '2', '4']}
+        self.assertEqual(6, self.evaluate(path, snippet, data))
+
+    def test_multi_p2p_results(self):
+        path = 'hot/gpu_multi.yaml'
+        tmpl = template_format.parse(read(os.path.join(ROOT, path)))
+        snippet = tmpl['outputs']['p2p_results']['value']
+        results = [{'name': 'p2p', 'gpu_index': 0}, {'name': 'gemm', 'gpu_index': 0}]
+        got = self.evaluate(path, snippet, {'results': results}, {'flavor': 'f', 'image': 'i'})
+        self.assertEqual([results[0]], got)
+
+
 class TestHorizonNetwork(testtools.TestCase):
     """Why network is a text box: heat checks neutron.network even for an empty value."""
 

@@ -19,18 +19,20 @@ the sandbox, the implementation of every stub command (``gpusim.py --stub NAME A
 Only the standard library is used. See README.md next to this file for the interface.
 """
 
+from __future__ import annotations
+
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the stubs start often: import only what a stub needs
+    from typing import Any, Iterable
 
 SIM_DIR = '.gpusim'
 
@@ -243,6 +245,7 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
     if bad:
         raise ValueError('gpusim: unknown fault(s) %s; accepted: %s'
                          % (', '.join(bad), ', '.join(FAULTS)))
+    import shutil
     root = os.path.abspath(root)
     sim = _sim(root)
     bindir = os.path.join(sim, 'bin')
@@ -438,6 +441,7 @@ class _locked:
 
 
 def _kill_group(pid: int) -> None:
+    import signal
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -869,6 +873,7 @@ class Stub:
         if not argv:
             self.err('Failed to start %s: Unit %s not found.' % (unit, unit))
             return 5
+        import subprocess
         log = open(os.path.join(self.sim, unit + '.log'), 'ab')
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True, cwd=self.root)
@@ -1125,6 +1130,7 @@ class Stub:
                 return 1
             os.makedirs(self.path('/etc/yum.repos.d'), exist_ok=True)
             if url.startswith('/'):
+                import shutil
                 shutil.copyfile(url, self.path('/etc/yum.repos.d/' + repo))
             else:
                 with open(self.path('/etc/yum.repos.d/' + repo), 'wb') as f:

@@ -1,4 +1,17 @@
 #!/usr/bin/env python3
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
 """The local cloud: real OpenStack services from PyPI on 127.0.0.1, for tests and the demo.
 
 Usage: ``python tools/localcloud/cloud.py start|stop|status|env|clean`` with the project's
@@ -1003,6 +1016,17 @@ class Cloud:
             'cold' if cold else 'warm', elapsed, sum(rss.values()),
             ', '.join('%s %d' % kv for kv in sorted(rss.items(), key=lambda kv: -kv[1]))))
         return {'already_running': False, 'cold': cold, 'seconds': elapsed, 'rss_mib': rss}
+
+    def nova_pci_devices(self) -> list[dict]:
+        """Nova's PCI tracker records (table pci_devices of the cell database), one per device."""
+        out = self._mysql(
+            "SELECT n.host, d.address, d.vendor_id, d.product_id, d.dev_type, "
+            "IFNULL(d.numa_node, ''), d.status, IFNULL(d.instance_uuid, '') "
+            "FROM nova.pci_devices d JOIN nova.compute_nodes n ON n.id = d.compute_node_id "
+            "WHERE d.deleted = 0 AND n.deleted = 0 ORDER BY n.host, d.address")
+        keys = ('host', 'address', 'vendor_id', 'product_id', 'dev_type', 'numa_node', 'status',
+                'instance_uuid')
+        return [dict(zip(keys, line.split('\t'))) for line in out.splitlines() if line.strip()]
 
     def rss_mib(self) -> dict:
         return {name: _group_rss_kib(pid) // 1024 for name, pid in self.running().items()

@@ -1,10 +1,23 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
 """The guest stand-in: "boots" a fake hypervisor's instance by running its real user data.
 
 Started by the fake GPU virt driver, detached, one process per instance:
-``python guest.py --guest-dir <state>/guests/<uuid>``. It reads ``instance.json`` (written by the
-driver: user data, image properties, the PCI devices nova assigned), prepares a sandbox root with the
-GPU simulator (``tools/gpusim``: stub ``lspci``, ``nvidia-smi``, package managers... over exactly those
-devices) and then does what cloud-init does with the user data:
+``python guest.py --guest-dir <state>/guests/<uuid>``. It reads ``instance.json`` (written by
+the driver: user data, image properties, the PCI devices nova assigned), prepares a sandbox root
+with the GPU simulator (``tools/gpusim``: stub ``lspci``, ``nvidia-smi``, package managers... over
+exactly those devices) and then does what cloud-init does with the user data:
 
 - ``text/cloud-config`` parts are merged (lists appended); ``write_files`` are written under the
   root, ``runcmd`` runs after the shell scripts (cloud-init's ``scripts-user`` order);

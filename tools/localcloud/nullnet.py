@@ -1,18 +1,28 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
 """An empty network service for a cloud without Neutron.
 
 Nova always asks the network API about an instance's ports, even for servers booted with
-``networks: none``: on delete (``deallocate_for_instance``, ``get_instance_nw_info``) and when the API
-shows a server (security groups of its ports). This WSGI application answers those read requests the way
-Neutron answers for a server that has no ports: empty collections. Everything else is refused with 404,
-so a caller that really needs networking fails loudly. Nova reaches it through ``[neutron]
-endpoint_override``; it is not in the service catalog, so Heat and the clients see a cloud without a
-network service.
+``networks: none``: on delete (``deallocate_for_instance``, ``get_instance_nw_info``) and when the
+API shows a server (security groups of its ports). This WSGI application answers those read
+requests the way Neutron answers for a server that has no ports: empty collections. Everything else
+is refused with 404, so a caller that really needs networking fails loudly. Nova reaches it
+through ``[neutron] endpoint_override``; it is not in the service catalog, so Heat and the clients
+see a cloud without a network service.
 """
 
 import json
-import logging
-
-LOG = logging.getLogger('nullnet')
 
 _COLLECTIONS = {
     'ports', 'networks', 'subnets', 'security-groups', 'security_groups', 'floatingips',
@@ -33,7 +43,6 @@ def application(environ: dict, start_response) -> list:
     method = environ.get('REQUEST_METHOD', 'GET')
     path = environ.get('PATH_INFO', '/')
     name = _collection(path)
-    LOG.info('%s %s?%s', method, path, environ.get('QUERY_STRING', ''))
     if method == 'GET' and name in ('', 'v2.0'):
         body = {'resources': [{'name': c, 'collection': c} for c in sorted(_COLLECTIONS)]}
         status = '200 OK'

@@ -1,3 +1,16 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
 """A fake nova hypervisor with NVIDIA GPUs on its PCI bus, whose guests run their user data.
 
 Set ``compute_driver = localcloud_virt.fakegpu.FakeGpuDriver`` and put ``tools/localcloud`` on the
@@ -8,10 +21,11 @@ Set ``compute_driver = localcloud_virt.fakegpu.FakeGpuDriver`` and put ``tools/l
      "hosts": {"gpu-host-1": [{"address": "0000:04:00.0", "vendor_id": "10de",
                                "product_id": "15f8", "numa_node": 0}, ...]}}
 
-The devices of ``[DEFAULT] host`` are reported to nova's resource tracker, so nova's own PCI tracker,
-``PciPassthroughFilter`` and placement decide where a GPU flavor lands and which device it gets. On
-``spawn`` the driver writes what a real guest would see (user data, image properties, the PCI devices
-nova assigned) to ``<state_dir>/guests/<uuid>/instance.json`` and starts the guest stand-in
+The devices of ``[DEFAULT] host`` are reported to nova's resource tracker, so nova's own PCI
+tracker, ``PciPassthroughFilter`` and placement decide where a GPU flavor lands and which device it
+gets. On ``spawn`` the driver writes what a real guest would see (user data, image properties, the
+PCI devices nova assigned) to ``<state_dir>/guests/<uuid>/instance.json`` and starts the guest
+stand-in
 (``guest.py``) detached, in its own process group; ``destroy`` kills that group.
 """
 
@@ -47,7 +61,21 @@ def load_layout(*, path: str | None = None) -> dict:
         return json.load(f)
 
 
+def _gone(pgid: int) -> bool:
+    # The guest is nova-compute's child: reap it, or a zombie keeps its group alive.
+    try:
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def _kill_group(*, pid_file: str, timeout: float = 5.0) -> None:
+    """Stop a guest: SIGTERM (it stops its services), then SIGKILL after *timeout* seconds."""
     try:
         with open(pid_file, encoding='utf-8') as f:
             pgid = int(f.read().strip())
@@ -60,9 +88,7 @@ def _kill_group(*, pid_file: str, timeout: float = 5.0) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
+            if _gone(pgid):
                 return
             time.sleep(0.1)
 
@@ -253,4 +279,3 @@ class FakeGpuDriver(fake.FakeDriver):
                 return f.read()
         except FileNotFoundError:
             return b''
-
