@@ -10,7 +10,7 @@ bootstrap:
 
 ## make demo: start the local cloud if needed, create the GPU flavor and a GPU stack, print its outputs.
 demo: bootstrap
-	@$(PY) tools/demo.py
+	@$(PY) tools/demo.py $(DEMO_ARGS)
 
 ## make test: the whole suite: lint, unit tests, sample-program compilation, end-to-end on the local cloud.
 test: bootstrap

@@ -330,8 +330,10 @@ class GpuDescription:
 
 
 def pci_ids_path(*, path: str | None = None) -> str | None:
-    """Return the PCI id database to read: *path*, else the configured one, else the first
-    existing default path; None when there is none."""
+    """Return the PCI id database to read, or None when there is none.
+
+    *path* wins, else the configured one, else the first existing default path.
+    """
     candidates = [path] if path else config.pci_ids_candidates()
     for candidate in candidates:
         if os.path.isfile(candidate):

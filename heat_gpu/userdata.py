@@ -31,12 +31,12 @@ them with its own.
 
 import base64
 import email
-import gzip
-import json
-import os
 from email import charset as email_charset
 from email.mime import multipart
 from email.mime import text
+import gzip
+import json
+import os
 from typing import Any, Iterable
 
 import yaml

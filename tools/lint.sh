@@ -5,6 +5,8 @@ set -eu -o pipefail
 [ -n "${HEAT_GPU_TRACE:-}" ] && set -x
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
+: "${VENV:=$top/.venv}"
+export PATH="$VENV/bin:$PATH"
 
 echo "lint: flake8"
 py_paths=(heat_gpu tests tools heat_gpu/guest/heat-gpu-agent)

@@ -7,6 +7,8 @@ set -eu -o pipefail
 [ -n "${HEAT_GPU_TRACE:-}" ] && set -x
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
+: "${VENV:=$top/.venv}"
+export PATH="$VENV/bin:$PATH"
 : "${HEAT_GPU_TEST_PHASES:=lint unit functional}"
 : "${HEAT_GPU_TEST_CONCURRENCY:=2}"
 

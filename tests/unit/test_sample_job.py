@@ -40,6 +40,7 @@ from heat.tests import utils
 from heat_gpu import catalog
 from heat_gpu.resources import cuda_instance
 from heat_gpu.resources import sample_job
+from tests.unit import base
 from tests.unit import test_agent
 from tests.unit import test_cuda_instance as cuda_tests
 
@@ -107,7 +108,7 @@ class InProcessEngine(rpc_client.EngineClient):
 class SampleJobTest(common.HeatTestCase):
 
     def setUp(self):
-        cuda_tests.init_global_environment()
+        base.init_global_environment()
         super().setUp()
         for module in (cuda_instance, sample_job):
             for name, cls in module.resource_mapping().items():

@@ -28,6 +28,7 @@ import yaml
 
 from heat.engine.clients.os import nova
 
+from heat_gpu import exception
 from heat_gpu import userdata
 
 SETTINGS = {
@@ -166,7 +167,8 @@ class TestUserData(testtools.TestCase):
     def test_bad_choice_is_reported(self) -> None:
         settings = self.settings()
         settings['cuda_version'] = '13.0'
-        ex = self.assertRaises(Exception, userdata.build_user_data, settings=settings)
+        ex = self.assertRaises(exception.UnsupportedCudaVersion, userdata.build_user_data,
+                               settings=settings)
         self.assertIn('CUDA 13.0', str(ex))
         self.assertIn('P100-PCIE-16GB', str(ex))
 
