@@ -128,7 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     status = wait_stack('heat-gpu-demo', DEMO_STACK, timeout=TIMEOUT)
     t_stack = time.monotonic() - t_stack
     print('\n== Result: %s (stack took %.0f s)' % (status, t_stack), flush=True)
-    print(openstack('heat-gpu-demo', 'stack', 'output', 'show', '--all', DEMO_STACK))
+    print(openstack('heat-gpu-demo', 'stack', 'output', 'list', DEMO_STACK))
+    shown = ('gpus', 'driver_version', 'cuda_version', 'sample_summary', 'access')
+    for key in shown:
+        out = openstack('heat-gpu-demo', 'stack', 'output', 'show', DEMO_STACK, key, '-f',
+                        'json', show=False, check=False)
+        value = json.loads(out)['output_value'] if out.strip() else None
+        if key == 'gpus' and isinstance(value, list):
+            value = '; '.join('%(name)s at %(pci_address)s, %(memory_mib)s MiB' % g
+                              for g in value)
+        print('  %-15s %s' % (key, value))
+    print('  (every figure per sample and GPU: openstack stack output show %s sample_results)'
+          % DEMO_STACK)
 
     server_id = openstack('heat-gpu-demo', 'stack', 'output', 'show', DEMO_STACK, 'server_id',
                           '-f', 'value', '-c', 'output_value', show=False, check=False).strip()

@@ -168,6 +168,13 @@ class FunctionalTestCase(testtools.TestCase):
                     server_id, server.status, timeout, '/'.join(statuses)))
             time.sleep(2)
 
+    def server_gone(self, server_id: str) -> bool:
+        """True when nova no longer has the server (admins still read it as DELETED)."""
+        try:
+            return self.admin.compute.get_server(server_id).status == 'DELETED'
+        except sdk_exc.NotFoundException:
+            return True
+
     def wait_until(self, predicate, *, what: str, timeout: float = 60.0):
         deadline = time.monotonic() + timeout
         while True:
@@ -196,16 +203,24 @@ class FunctionalTestCase(testtools.TestCase):
     # Leaks
 
     def _inventory(self) -> dict:
+        """What tests create, by kind. Others may use the same cloud: only our names count."""
+        servers = {s.id: s.name for s in self.admin.compute.servers(all_projects=True)}
+        pci = {}
+        for dev in self.cloud.nova_pci_devices():
+            owner = dev['instance_uuid']
+            if dev['status'] == 'available' or not owner:
+                continue
+            # A device held by a server that no longer exists is a leak whoever created it.
+            if owner not in servers or servers[owner].startswith(PREFIX):
+                pci['%s@%s' % (dev['address'], dev['host'])] = owner
         return {
-            'servers': {s.id: s.name for s in self.admin.compute.servers(all_projects=True)},
+            'servers': {k: v for k, v in servers.items() if v.startswith(PREFIX)},
             'flavors': {f.id: f.name for f in self.admin.compute.flavors(is_public=None)
                         if f.name.startswith(PREFIX)},
             # heat denies stacks:global_index by default: ask each project for its own stacks.
             'stacks': {s.id: s.stack_name for client in (self.heat_admin, self.heat_demo)
-                       for s in client.stacks.list()},
-            'pci_in_use': {d['address'] + '@' + d['host']: d['instance_uuid']
-                           for d in self.cloud.nova_pci_devices()
-                           if d['status'] != 'available'},
+                       for s in client.stacks.list() if s.stack_name.startswith(PREFIX)},
+            'pci_in_use': pci,
         }
 
     def assert_nothing_leaked(self) -> None:
@@ -222,11 +237,3 @@ class FunctionalTestCase(testtools.TestCase):
             time.sleep(2)
             left = leftovers()
         self.assertEqual({}, left, 'left behind by this test')
-
-
-def ignore_missing(func, *args, **kwargs) -> None:
-    """Call a delete and ignore "not found" (for cleanups of things a test may delete itself)."""
-    try:
-        func(*args, **kwargs)
-    except (sdk_exc.NotFoundException, heat_exc.HTTPNotFound):
-        pass

@@ -17,8 +17,6 @@ import collections
 import json
 import textwrap
 
-from openstack import exceptions as sdk_exc
-
 from tests.functional import base
 
 # A plain HOT stack (no plugin): a GPU server whose user data counts the NVIDIA devices it sees on
@@ -134,11 +132,12 @@ class TestLocalCloud(base.FunctionalTestCase):
         self.assertIn('1 PCI device(s): %s 10de:15f8' % claimed[0]['address'], console)
 
         self.delete_stack(stack_id)
-        self.assertRaises(sdk_exc.NotFoundException,
-                          self.admin.compute.get_server, server_id)
+        self.assertTrue(self.server_gone(server_id))
         self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
                         what='nova releasing the P100 of server %s' % server_id)
-        self.assertEqual({}, self.placement_get('/allocations/%s' % server_id)['allocations'])
+        self.wait_until(
+            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
+            what='placement dropping the allocations of server %s' % server_id)
 
     def test_two_a100_land_on_the_a100_host(self):
         flavor = self.create_gpu_flavor(alias='a100', count=2)
@@ -169,6 +168,5 @@ class TestLocalCloud(base.FunctionalTestCase):
 
     def _delete_server(self, server_id: str) -> None:
         self.admin.compute.delete_server(server_id, ignore_missing=True)
-        self.wait_until(
-            lambda: self.admin.compute.find_server(server_id, all_projects=True) is None,
-            what='deletion of server %s' % server_id, timeout=120)
+        self.wait_until(lambda: self.server_gone(server_id),
+                        what='deletion of server %s' % server_id, timeout=120)

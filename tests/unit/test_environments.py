@@ -11,15 +11,20 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""environments/: the no-plugin provider path (its interface against the plugin's, its
-expressions evaluated by heat, the guest report decoded the way heat decodes it) and the TripleO
-operator environments (parameter names checked against the real tripleo-heat-templates)."""
+"""environments/: the no-plugin provider path and the TripleO operator environments.
 
-# heat.tests.common first: importing heat.engine.stack before it selects the eventlet backend of
-# oslo.service and HeatTestCase then fails with BackendAlreadySelected.
-import heat.tests.common  # noqa: F401  (imported for its side effect, see above)
+The providers' interface is checked against the plugin's, their expressions are evaluated by heat
+and the guest report is decoded the way heat decodes it; the TripleO parameter names are checked
+against the real tripleo-heat-templates.
+"""
 
+# tests.unit.base imports heat.tests.common first: importing heat.engine.stack before it selects
+# the eventlet backend of oslo.service and HeatTestCase then fails with BackendAlreadySelected.
+from tests.unit import base  # isort: skip
+
+import base64
 import glob
+import gzip
 import json
 import os
 import re
@@ -37,7 +42,6 @@ from heat.engine import environment
 from heat.engine import function
 from heat.engine.hot import parameters as hot_parameters
 from heat.engine import parameters
-from heat.engine import resources
 from heat.engine import stack as parser
 from heat.engine import template
 from heat.tests import utils
@@ -95,7 +99,7 @@ def plugin_class(type_name: str) -> type:
 
 
 def make_stack(tmpl: dict, params: dict | None = None, *, files: dict | None = None):
-    resources.initialise()
+    base.init_global_environment()
     env = environment.Environment({'parameters': params or {}})
     return parser.Stack(utils.dummy_context(), 'envtest',
                         template.Template(tmpl, files=files or {}, env=env))
@@ -107,8 +111,7 @@ def resolve(stack, snippet):
 
 
 def decode_json_param(value):
-    """What a json parameter of a nested stack makes of *value* (environments/providers/
-    json_value.yaml relies on it)."""
+    """What a json parameter of a nested stack makes of *value* (json_value.yaml relies on it)."""
     schema = hot_parameters.HOTParamSchema.from_dict('value', {'type': 'json'})
     return parameters.Parameter('value', schema, value).value()
 
@@ -251,19 +254,57 @@ class TestCudaInstanceProvider(testtools.TestCase):
         self.assertEqual(2, resolve(stack, snippet))
 
     def test_boot_script_is_the_plugin_one(self):
+        files = self.tmpl['resources']['settings']['properties']['cloud_config']['write_files']
+        by_path = {f['path']: f for f in files}
+        for guest_path, source in (('/usr/local/lib/heat-gpu/bootstrap.sh', 'bootstrap.sh'),
+                                   ('/usr/local/lib/heat-gpu/heat-gpu-agent', 'heat-gpu-agent')):
+            entry = by_path[guest_path]
+            self.assertEqual('gz+b64', entry['encoding'])
+            copy = os.path.join(PROVIDERS, entry['content']['get_file'])
+            decoded = gzip.decompress(base64.b64decode(read(copy))).decode('utf-8')
+            self.assertEqual(read(os.path.join(ROOT, 'heat_gpu', 'guest', source)), decoded,
+                             '%s is stale: run environments/providers/files/regenerate.sh'
+                             % os.path.relpath(copy, ROOT))
         parts = self.tmpl['resources']['user_data_parts']['properties']['parts']['if']
+        launcher = os.path.join(PROVIDERS, 'files', 'launcher.sh')
+        self.assertIn('/usr/local/lib/heat-gpu/bootstrap.sh', read(launcher))
         for branch in parts[1:]:
             shell = [p for p in branch if p.get('subtype') == 'x-shellscript']
-            self.assertEqual([{'config': {'get_file': '../../heat_gpu/guest/bootstrap.sh'},
+            self.assertEqual([{'config': {'get_file': 'files/launcher.sh'},
                                'subtype': 'x-shellscript'}], shell)
 
-    def test_every_sample_source_is_written(self):
-        files = self.tmpl['resources']['settings']['properties']['cloud_config']['write_files']
-        written = {os.path.basename(f['path']) for f in files}
-        sources = {os.path.basename(p) for p in
-                   glob.glob(os.path.join(ROOT, 'heat_gpu', 'samples', '*'))}
-        self.assertEqual(set(), sources - written)
-        self.assertIn('heat-gpu-agent', written)
+    def test_user_data_fits_nova_limit(self):
+        from email.mime import multipart
+        from email.mime import text as mime_text
+        from heat.engine.clients import Clients
+        from heat.engine.clients.os import nova
+        from heatclient.common import template_utils
+        path = os.path.join(PROVIDERS, 'cuda_instance.yaml')
+        files, tmpl = template_utils.get_template_contents(template_file=path)
+        # As heat receives them: the client sends the files as JSON, so bytes arrive as text.
+        files = jsonutils.loads(jsonutils.dumps(files))
+        stack = make_stack(tmpl, {'flavor': 'f', 'image': 'i'}, files=files)
+        config = resolve(stack, tmpl['resources']['settings']['properties']['cloud_config'])
+        cloud_config = '#cloud-config\n' + template_format.yaml.dump(
+            config, Dumper=template_format.yaml_dumper)
+        mime = multipart.MIMEMultipart()
+        mime.attach(mime_text.MIMEText(cloud_config, 'cloud-config'))
+        mime.attach(mime_text.MIMEText(read(os.path.join(PROVIDERS, 'files', 'launcher.sh')),
+                                       'x-shellscript'))
+        metadata = {'os-collect-config': {'heat': {
+            'auth_url': 'https://keystone.example.com:5000/v3', 'user_id': 'u' * 32,
+            'password': 'p' * 32, 'project_id': 'p' * 32, 'stack_id': 's' * 80,
+            'resource_name': 'instance', 'region_name': 'RegionOne'},
+            'collectors': ['heat', 'local']}, 'deployments': []}
+        plugin = Clients(utils.dummy_context()).client_plugin('nova')
+        user_data = nova.NovaClientPlugin.build_userdata(
+            plugin, metadata, mime.as_string(), instance_user='cloud-user',
+            user_data_format='SOFTWARE_CONFIG')
+        self.assertIn('H4sI', user_data)
+        size = len(base64.b64encode(user_data.encode('utf-8')))
+        # Room for the tenant's own user data, too.
+        self.assertLess(size, 65535 - 16384, 'user data is %d bytes base64-encoded' % size)
+        self.assertGreater(size, 20000)
 
 
 class TestSampleJobProvider(testtools.TestCase):
@@ -288,6 +329,38 @@ class TestSampleJobProvider(testtools.TestCase):
         self.assertEqual('2/2 samples passed', self.output('summary', good))
         self.assertTrue(self.output('passed', good))
         self.assertFalse(self.output('passed', []))
+
+    def test_every_sample_source_is_deployed(self):
+        res = self.tmpl['resources']
+        values = res['sources_deployment']['properties']['input_values']
+        inputs = {i['name'] for i in res['sources']['properties']['inputs']}
+        self.assertEqual(inputs, set(values))
+        sources = {os.path.splitext(os.path.basename(p))[0] for p in
+                   glob.glob(os.path.join(ROOT, 'heat_gpu', 'samples', '*.cu'))}
+        self.assertEqual({'HEAT_GPU_SRC_%s' % name for name in sources},
+                         {n for n in values if n.startswith('HEAT_GPU_SRC_')})
+        for name in sources:
+            self.assertEqual({'get_file': '../../heat_gpu/samples/%s.cu' % name},
+                             values['HEAT_GPU_SRC_%s' % name])
+        self.assertEqual(values['HEAT_GPU_SAMPLES_DIR'],
+                         res['deployment']['properties']['input_values']['HEAT_GPU_SAMPLES_DIR'])
+        self.assertEqual('sources_deployment', res['deployment']['depends_on'])
+
+    def test_write_samples_script(self):
+        root = self.useFixture(fixtures.TempDir()).path
+        env = dict(os.environ, HEAT_GPU_ROOT=root, HEAT_GPU_SAMPLES_DIR='/src',
+                   HEAT_GPU_SRC_gemm='int main() { return 0; }', HEAT_GPU_SRC_p2p='// p2p')
+        script = os.path.join(PROVIDERS, 'files', 'write-samples.sh')
+        proc = subprocess.run(['bash', script], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        self.assertEqual(['gemm.cu', 'p2p.cu'], sorted(os.listdir(os.path.join(root, 'src'))))
+        self.assertEqual('int main() { return 0; }\n', read(os.path.join(root, 'src', 'gemm.cu')))
+        env = {k: v for k, v in env.items() if not k.startswith('HEAT_GPU_SRC_')}
+        proc = subprocess.run(['bash', script], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        self.assertEqual(1, proc.returncode)
+        self.assertIn('HEAT_GPU_SRC_', proc.stderr)
 
     def test_runner_inputs(self):
         deployment = self.tmpl['resources']['deployment']['properties']

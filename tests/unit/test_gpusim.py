@@ -14,7 +14,9 @@
 """The GPU and guest simulator (tools/gpusim) behaves like the commands it stands in for."""
 
 import hashlib
+import json
 import os
+import re
 import subprocess
 import time
 
@@ -22,11 +24,16 @@ import fixtures
 import testtools
 
 from heat_gpu import catalog
+from heat_gpu import results
 from tests.unit import guest_sandbox as sandbox
+from tests.unit.test_samples_compile import format_keys
 
 gpusim = sandbox.gpusim
 
 TWO = [sandbox.P100, dict(sandbox.P100, pci_address='0000:00:06.0', numa_node=1)]
+A100 = {'pci_address': '0000:00:06.0', 'vendor_id': '10de', 'product_id': '20f1',
+        'numa_node': 0}
+TWO_A100 = [A100, dict(A100, pci_address='0000:00:07.0')]
 
 
 class TestGpusim(testtools.TestCase):
@@ -235,3 +242,228 @@ class TestGpusim(testtools.TestCase):
                          gpusim.boot_commands(self.root))
         gpusim.stop_services(self.root)
         self.assertEqual('inactive\n', self.run_cmd('systemctl', 'is-active', 'demo').stdout)
+
+
+class TestGpusimSamplePrograms(testtools.TestCase):
+    """The real sample job (``results.runner_script()``, as a SampleJob deploys it) in gpusim."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        self.work = os.path.join(self.root, 'var', 'lib', 'heat-gpu', 'samples')
+
+    def run_job(self, devices: list[dict], *, faults: tuple[str, ...] = (),
+                samples: list[str] | None = None, **extra: str) -> tuple[int, dict]:
+        env = gpusim.make_guest(self.root, distro='ubuntu', version='22.04', devices=devices,
+                                prebaked=True, faults=faults)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(('HEAT_GPU', 'CUDA'))}
+        self.env.update(env)
+        # The inputs a SampleJob on this instance deploys: the instance's gpus attribute.
+        gpus = [{'index': i, 'pci_id': '%s:%s' % (d['vendor_id'], d['product_id'])}
+                for i, d in enumerate(devices)]
+        self.env.update(results.runner_inputs(samples=samples, gpus=gpus, min_ratio=0.8))
+        self.env.update(extra)
+        config = os.path.join(self.root, 'tmp', 'config')
+        with open(config, 'w', encoding='utf-8') as f:
+            f.write(results.runner_script())
+        os.chmod(config, 0o700)
+        proc = subprocess.run([config], env=self.env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        lines = proc.stdout.strip().splitlines()
+        self.assertEqual(1, len(lines), 'stdout: %r\nstderr: %s' % (proc.stdout, proc.stderr))
+        return proc.returncode, json.loads(lines[0])
+
+    def program_output(self, name: str, **env: str) -> tuple[int, str]:
+        """Run the program the job built again, as it is, with *env* added: (rc, stdout)."""
+        proc = subprocess.run([os.path.join(self.work, 'bin', name)],
+                              env=dict(self.env, **env), capture_output=True, text=True,
+                              timeout=60, check=False)
+        return proc.returncode, proc.stdout
+
+    def recorded_output(self, name: str) -> str:
+        """What program *name* printed in the job."""
+        with open(os.path.join(self.work, name + '.json'), encoding='utf-8') as f:
+            return f.read()
+
+    def assert_program_format(self, name: str, text: str) -> None:
+        """*text* is one JSON line with the keys of a printf format of NAME.cu, in its order."""
+        with open(os.path.join(results.SAMPLES_DIR, name + '.cu'), encoding='utf-8') as f:
+            source = f.read()
+        formats = format_keys(source)
+        entry_formats = [keys for keys in formats if 'gpu_index' in keys]
+        doc_formats = [keys for keys in formats if 'results' in keys]
+        self.assertEqual(1, len(entry_formats), name)
+        self.assertEqual(1, len(text.strip().splitlines()), text)
+        doc = json.loads(text)
+        self.assertIn(set(doc), doc_formats, name)
+        self.assertEqual(name, doc['program'])
+        for entry in doc['results']:
+            self.assertEqual(entry_formats[0], set(entry), name)
+        # The same order as the program's format strings.
+        ordered = [re.findall(r'\\"([a-z_0-9]+)\\": ', literal) for literal in
+                   re.findall(r'printf\((?:[^"]*?)((?:"(?:[^"\\]|\\.)*"\s*)+)', source)]
+        pairs = json.loads(text, object_pairs_hook=lambda items: items)
+        self.assertIn([k for k, _ in pairs], ordered, name)
+        for entry in dict(pairs)['results']:
+            self.assertIn([k for k, _ in entry], ordered, name)
+
+    def by(self, report: results.Report, name: str, metric: str | None = None) -> list:
+        return [s for s in report.samples
+                if s.name == name and (metric is None or s.metric == metric)]
+
+    def test_one_p100_passes_with_healthy_figures(self) -> None:
+        rc, doc = self.run_job([sandbox.P100])
+        self.assertEqual(0, rc, doc)
+        report = results.evaluate(json.dumps(doc), min_ratio=0.8)
+        self.assertTrue(report.passed, results.failure_reason(report))
+        self.assertTrue(report.summary.startswith('4/4 passed (p2p skipped); H2D '),
+                        report.summary)
+        p100 = catalog.get('P100-PCIE-16GB')
+        gpu, = doc['gpus']
+        self.assertEqual({'index': 0, 'name': p100.name, 'pci_address': '0000:00:05.0',
+                          'uuid': gpusim._gpu_uuid('0000:00:05.0'),
+                          'compute_capability': '6.0', 'pcie_link_gen': 3,
+                          'pcie_link_width': 16, 'pcie_link_gen_max': 3,
+                          'pcie_link_width_max': 16, 'pcie_source': 'nvml',
+                          'ecc_enabled': True},
+                         {k: gpu[k] for k in ('index', 'name', 'pci_address', 'uuid',
+                                              'compute_capability', 'pcie_link_gen',
+                                              'pcie_link_width', 'pcie_link_gen_max',
+                                              'pcie_link_width_max', 'pcie_source',
+                                              'ecc_enabled')})
+        self.assertAlmostEqual(p100.memory_bandwidth_gbps, gpu['memory_bandwidth_gbps'],
+                               delta=1)
+        # The documented model: each figure is a share of the catalog's figure, +- the spread.
+        spread = gpusim.SIM_SPREAD + 0.001
+        h2d, = self.by(report, 'bandwidth', 'h2d_bandwidth')
+        self.assertAlmostEqual(1, h2d.measured / (catalog.expected_h2d_gbps(p100)
+                                                  * gpusim.SIM_H2D), delta=spread)
+        self.assertEqual('PCIe Gen3 x16', h2d.detail['basis'])
+        d2d, = self.by(report, 'bandwidth', 'd2d_bandwidth')
+        self.assertAlmostEqual(1, d2d.measured / (p100.memory_bandwidth_gbps * gpusim.SIM_D2D),
+                               delta=spread)
+        sgemm, = self.by(report, 'gemm')
+        self.assertAlmostEqual(1, sgemm.measured / (p100.fp32_tflops * gpusim.SIM_SGEMM),
+                               delta=spread)
+        for result in report.samples:
+            if result.ratio is not None:
+                self.assertGreaterEqual(result.ratio, 0.9, result)
+        memory, = self.by(report, 'device_query')
+        self.assertLess(memory.measured, p100.memory_mib)
+        p2p, = self.by(report, 'p2p')
+        self.assertTrue(p2p.skipped)
+        # Built once each by the guest's nvcc, for the P100's own architecture.
+        builds = [c['args'] for c in gpusim.commands(self.root)
+                  if c['cmd'] == 'nvcc' and '--version' not in c['args']]
+        self.assertEqual(5, len(builds))
+        self.assertTrue(all('-arch=sm_60' in args for args in builds), builds)
+        # What each program printed has the keys its .cu prints; so have the failure documents.
+        for name in results.SAMPLES:
+            self.assert_program_format(name, self.recorded_output(name))
+            rc, failed = self.program_output(name, CUDA_VISIBLE_DEVICES='-1')
+            self.assertEqual(1, rc, name)
+            self.assert_program_format(name, failed)
+            self.assertIn('cudaErrorNoDevice: no CUDA-capable device is detected',
+                          json.loads(failed)['error'])
+
+    def test_two_a100_with_peer_to_peer_pass(self) -> None:
+        rc, doc = self.run_job(TWO_A100)
+        self.assertEqual(0, rc, doc)
+        report = results.evaluate(json.dumps(doc), min_ratio=0.8)
+        self.assertTrue(report.passed, results.failure_reason(report))
+        self.assertTrue(report.summary.startswith('5/5 passed on 2 GPUs; '), report.summary)
+        self.assertEqual(['0000:00:06.0', '0000:00:07.0'],
+                         [g['pci_address'] for g in doc['gpus']])
+        p2p = self.by(report, 'p2p')
+        self.assertEqual([(0, 1, True), (1, 0, True)],
+                         [(r.gpu_index, r.detail['peer_index'], r.detail['peer_access'])
+                          for r in p2p])
+        self.assertTrue(all(r.measured > 0 for r in p2p))
+        self.assertEqual([0, 1], [r.gpu_index for r in self.by(report, 'gemm')])
+        # Per-GPU variation is small and deterministic.
+        h2d = [r.measured for r in self.by(report, 'bandwidth', 'h2d_bandwidth')]
+        self.assertNotEqual(h2d[0], h2d[1])
+        self.assertLess(abs(h2d[0] - h2d[1]) / h2d[0], 2 * gpusim.SIM_SPREAD + 0.01)
+        self.assertEqual((0, self.recorded_output('bandwidth')), self.program_output('bandwidth'))
+        for name in results.SAMPLES:
+            self.assert_program_format(name, self.recorded_output(name))
+
+    def test_pcie_degraded_fails_on_host_bandwidth(self) -> None:
+        rc, doc = self.run_job(TWO_A100, faults=('pcie-degraded',), samples=['bandwidth'])
+        self.assertEqual(1, rc)
+        report = results.evaluate(json.dumps(doc), min_ratio=0.8)
+        self.assertFalse(report.passed)
+        reason = results.failure_reason(report)
+        h2d, d2h = (r for r in self.by(report, 'bandwidth') if r.gpu_index == 0
+                    and r.metric in ('h2d_bandwidth', 'd2h_bandwidth'))
+        self.assertIn('bandwidth GPU0 H2D %.1f GB/s = %d%% of expected (< 80%%)'
+                      % (h2d.measured, round(h2d.ratio * 100)), reason)
+        self.assertTrue(0.4 < h2d.ratio < 0.55, h2d)
+        self.assertTrue(0.4 < d2h.ratio < 0.55, d2h)
+        self.assertNotIn('GPU1', reason)
+        self.assertNotIn('D2D', reason)
+        # device_query reports the link as trained: x8 of x16.
+        self.assertEqual([(4, 8, 4, 16), (4, 16, 4, 16)],
+                         [(g['pcie_link_gen'], g['pcie_link_width'], g['pcie_link_gen_max'],
+                           g['pcie_link_width_max']) for g in doc['gpus']])
+
+    def test_wrong_result_fails_vector_add(self) -> None:
+        rc, doc = self.run_job([sandbox.P100], faults=('wrong-result',), samples=['vector_add'])
+        self.assertEqual(1, rc)
+        report = results.evaluate(json.dumps(doc))
+        self.assertFalse(report.passed)
+        self.assertEqual('vector_add GPU0 max error: wrong result',
+                         results.failure_reason(report))
+        result, = self.by(report, 'vector_add')
+        self.assertEqual(gpusim.SIM_WRONG_ERROR, result.measured)
+        self.assertEqual((1 << 24) // 4096, result.detail['mismatches'])
+
+    def test_gpu_missing(self) -> None:
+        # The only GPU: on the PCI bus, but the driver does not bring it up.
+        rc, doc = self.run_job([sandbox.P100], faults=('gpu-missing',),
+                               samples=['device_query'])
+        self.assertEqual(1, rc)
+        self.assertEqual('00:05.0 0302: 10de:15f8 (rev a1)\n', subprocess.run(
+            ['lspci', '-n'], env=self.env, capture_output=True, text=True, timeout=60,
+            check=False).stdout)
+        report = results.evaluate(json.dumps(doc))
+        self.assertFalse(report.passed)
+        self.assertEqual([], list(report.gpus))
+        self.assertEqual('device_query memory: cudaErrorNoDevice: no CUDA-capable device is '
+                         'detected', results.failure_reason(report))
+
+    def test_gpu_missing_of_two_leaves_one_gpu(self) -> None:
+        rc, doc = self.run_job(TWO_A100, faults=('gpu-missing',), samples=['device_query'])
+        report = results.evaluate(json.dumps(doc))
+        # One of the two assigned GPUs reaches CUDA: the GPU count is what shows it.
+        self.assertEqual(['0000:00:06.0'], [g['pci_address'] for g in report.gpus])
+        self.assertNotIn('on 2 GPUs', report.summary)
+        smi = subprocess.run(['nvidia-smi', '--query-gpu=pci.bus_id,count',
+                              '--format=csv,noheader'], env=self.env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        self.assertEqual('00000000:00:06.0, 1\n', smi.stdout)
+
+    def test_ecc_errors_make_the_gpu_unusable(self) -> None:
+        rc, doc = self.run_job([sandbox.P100], faults=('ecc-errors',),
+                               samples=['device_query', 'vector_add'])
+        self.assertEqual(1, rc)
+        report = results.evaluate(json.dumps(doc))
+        self.assertEqual('device_query GPU0 memory: cudaErrorECCUncorrectable: uncorrectable '
+                         'ECC error encountered; vector_add GPU0 max error: cudaSetDevice: '
+                         'cudaErrorECCUncorrectable: uncorrectable ECC error encountered',
+                         results.failure_reason(report))
+
+    def test_built_for_another_architecture(self) -> None:
+        # Built for sm_80 only (SASS and PTX of 8.0): nothing a 6.0 GPU can run. The programs
+        # without kernels of their own still work, as on real silicon.
+        rc, doc = self.run_job([sandbox.P100], samples=['vector_add', 'bandwidth', 'gemm'],
+                               HEAT_GPU_CUDA_ARCH='80')
+        self.assertEqual(1, rc)
+        report = results.evaluate(json.dumps(doc))
+        no_image = 'cudaErrorNoKernelImageForDevice: no kernel image is available for ' \
+            'execution on the device'
+        self.assertEqual([('vector_add', 'kernel launch: ' + no_image),
+                          ('gemm', 'fill: ' + no_image)],
+                         [(r.name, r.detail['message']) for r in report.failures()])
+        self.assertTrue(all(r.passed for r in self.by(report, 'bandwidth')))

@@ -11,13 +11,16 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The templates of hot/ and environments/: lint, Horizon readiness, template version, and
-validation by heat's own template parser and stack validation (no cloud: custom constraints
-that need a cloud are not evaluated; the local cloud's functional tests do that)."""
+"""The templates of hot/ and environments/.
 
-# heat.tests.common first: importing heat.engine.stack before it selects the eventlet backend of
-# oslo.service and HeatTestCase then fails with BackendAlreadySelected.
-import heat.tests.common  # noqa: F401  (imported for its side effect, see above)
+Lint, Horizon readiness, template version, and validation by heat's own template parser and stack
+validation (no cloud: custom constraints that need one are not evaluated here; the local cloud's
+functional tests do that).
+"""
+
+# tests.unit.base imports heat.tests.common first: importing heat.engine.stack before it selects
+# the eventlet backend of oslo.service and HeatTestCase then fails with BackendAlreadySelected.
+from tests.unit import base  # isort: skip
 
 import glob
 import os
@@ -33,11 +36,11 @@ from yamllint import linter
 from heat.common import template_format
 from heat.engine import function
 from heat.engine.hot import functions as hot_funcs
-from heat.engine import resources
 from heat.engine import stack as parser
 from heat.engine import template
 from heat.tests import utils
 from heatclient.common import template_utils
+from oslo_serialization import jsonutils
 
 from heat_gpu import catalog
 
@@ -185,7 +188,8 @@ def load_with_files(path: str, *, env_paths: tuple[str, ...] = ()) -> tuple[dict
     files, env = template_utils.process_multiple_environments_and_files(env_paths=list(env_paths))
     tfiles, tmpl = template_utils.get_template_contents(template_file=path)
     files.update(tfiles)
-    return tmpl, files, env
+    # As heat receives them: the client sends the files as JSON, so bytes arrive as text.
+    return tmpl, jsonutils.loads(jsonutils.dumps(files)), env
 
 
 def validate_stack(tmpl: dict, files: dict, env: dict) -> None:
@@ -279,7 +283,7 @@ class TestEachTemplate(testtools.TestCase):
                                 % older[-1])
 
     def test_heat_parses_and_validates_it(self):
-        resources.initialise()
+        base.init_global_environment()
         tmpl, files, env = load_with_files(self.path)
         for name in files:
             self.assertTrue(name.startswith('file://'), name)
@@ -342,7 +346,7 @@ class TestLaunchable(testtools.TestCase):
         from heat_gpu.resources import cuda_instance
         from heat_gpu.resources import gpu_flavor
         from heat_gpu.resources import sample_job
-        resources.initialise()
+        base.init_global_environment()
         for module in (cuda_instance, gpu_flavor, sample_job):
             for name, cls in module.resource_mapping().items():
                 resource._register_class(name, cls)
@@ -350,7 +354,7 @@ class TestLaunchable(testtools.TestCase):
         validate_stack(tmpl, files, env)
 
     def test_validates_with_the_portable_environment(self):
-        resources.initialise()
+        base.init_global_environment()
         tmpl, files, env = load_with_files(self.path, env_paths=(PORTABLE_ENV,))
         self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'},
                          set(env['resource_registry']))
@@ -371,7 +375,7 @@ class TestResolvedProperties(testtools.TestCase):
 
     def instance_properties(self, **params) -> dict:
         from heat.engine import environment
-        resources.initialise()
+        base.init_global_environment()
         tmpl = template_format.parse(read(os.path.join(ROOT, self.path)))
         values = dict(self.params, flavor='gpu.p100', image='ubuntu', **params)
         stack = parser.Stack(utils.dummy_context(), 'resolve',
@@ -399,7 +403,7 @@ class TestExpressions(testtools.TestCase):
 
     def evaluate(self, path: str, snippet: dict, data: dict, params: dict | None = None):
         from heat.engine import environment
-        resources.initialise()
+        base.init_global_environment()
         tmpl = template_format.parse(read(os.path.join(ROOT, path)))
         stack = parser.Stack(utils.dummy_context(), 'yaql',
                              template.Template(tmpl, env=environment.Environment(
@@ -444,7 +448,7 @@ class TestHorizonNetwork(testtools.TestCase):
     """Why network is a text box: heat checks neutron.network even for an empty value."""
 
     def test_neutron_network_constraint_runs_on_empty_value(self):
-        resources.initialise()
+        base.init_global_environment()
         looked_up = []
 
         def record(constraint, client, value):

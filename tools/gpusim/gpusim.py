@@ -36,7 +36,11 @@ if TYPE_CHECKING:  # the stubs start often: import only what a stub needs
 
 SIM_DIR = '.gpusim'
 
-FAULTS = ('no-gpu', 'package-install-fails', 'checksum-mismatch', 'download-fails', 'nvcc-fails')
+#: Faults of one GPU (see README.md "Sample programs"); as guest faults they hit the first GPU in
+#: PCI order (``gpu-missing``: the last), as a device's own ``faults`` that device.
+DEVICE_FAULTS = ('pcie-degraded', 'ecc-errors', 'gpu-missing', 'wrong-result')
+FAULTS = ('no-gpu', 'package-install-fails', 'checksum-mismatch', 'download-fails',
+          'nvcc-fails') + DEVICE_FAULTS
 
 NVIDIA_HOST = 'developer.download.nvidia.com'
 
@@ -79,23 +83,73 @@ DRIVER_VERSIONS = {
 }
 LATEST_BRANCH = '590'
 
-#: PCI product id -> (name as nvidia-smi prints it, memory MiB, compute capability, open modules)
+#: PCI product id -> (name as nvidia-smi prints it, memory MiB, compute capability, open modules,
+#: datasheet memory bandwidth GB/s, datasheet FP32 TFLOPS, PCIe generation, PCIe lanes); used when
+#: heat_gpu.catalog cannot be imported (it has the same facts).
 BUILTIN_MODELS = {
-    '15f8': ('Tesla P100-PCIE-16GB', 16384, '6.0', False),
-    '15f7': ('Tesla P100-PCIE-12GB', 12288, '6.0', False),
-    '15f9': ('Tesla P100-SXM2-16GB', 16384, '6.0', False),
-    '1db4': ('Tesla V100-PCIE-16GB', 16384, '7.0', False),
-    '1db1': ('Tesla V100-SXM2-16GB', 16384, '7.0', False),
-    '1eb8': ('Tesla T4', 15360, '7.5', True),
-    '20b0': ('NVIDIA A100-SXM4-40GB', 40960, '8.0', True),
-    '20b2': ('NVIDIA A100-SXM4-80GB', 81920, '8.0', True),
-    '20f1': ('NVIDIA A100-PCIE-40GB', 40960, '8.0', True),
-    '2235': ('NVIDIA A40', 46068, '8.6', True),
-    '27b8': ('NVIDIA L4', 23034, '8.9', True),
-    '26b9': ('NVIDIA L40S', 46068, '8.9', True),
-    '2330': ('NVIDIA H100 80GB HBM3', 81559, '9.0', True),
-    '2331': ('NVIDIA H100 PCIe', 81559, '9.0', True),
+    '15f8': ('Tesla P100-PCIE-16GB', 16384, '6.0', False, 732, 9.3, 3, 16),
+    '15f7': ('Tesla P100-PCIE-12GB', 12288, '6.0', False, 549, 9.3, 3, 16),
+    '15f9': ('Tesla P100-SXM2-16GB', 16384, '6.0', False, 732, 10.6, 3, 16),
+    '1db4': ('Tesla V100-PCIE-16GB', 16384, '7.0', False, 900, 14.0, 3, 16),
+    '1db1': ('Tesla V100-SXM2-16GB', 16384, '7.0', False, 900, 15.7, 3, 16),
+    '1eb8': ('Tesla T4', 15360, '7.5', True, 320, 8.1, 3, 16),
+    '20b0': ('NVIDIA A100-SXM4-40GB', 40960, '8.0', True, 1555, 19.5, 4, 16),
+    '20b2': ('NVIDIA A100-SXM4-80GB', 81920, '8.0', True, 2039, 19.5, 4, 16),
+    '20f1': ('NVIDIA A100-PCIE-40GB', 40960, '8.0', True, 1555, 19.5, 4, 16),
+    '2235': ('NVIDIA A40', 46068, '8.6', True, 696, 37.4, 4, 16),
+    '27b8': ('NVIDIA L4', 23034, '8.9', True, 300, 30.3, 4, 16),
+    '26b9': ('NVIDIA L40S', 46068, '8.9', True, 864, 91.6, 4, 16),
+    '2330': ('NVIDIA H100 80GB HBM3', 81559, '9.0', True, 3350, 67.0, 5, 16),
+    '2331': ('NVIDIA H100 PCIe', 81559, '9.0', True, 2000, 51.0, 5, 16),
 }
+
+#: PCI product id -> (multiprocessors, memory bus width in bits), the cudaDeviceProp facts the
+#: catalog does not keep (NVIDIA architecture whitepapers); other GPUs: DEFAULT_SILICON.
+SILICON = {
+    '15f7': (56, 3072), '15f8': (56, 4096), '15f9': (56, 4096), '1db1': (80, 4096),
+    '1db4': (80, 4096), '1db5': (80, 4096), '1db6': (80, 4096), '1df6': (80, 4096),
+    '1eb8': (40, 256), '2236': (72, 384), '20b7': (56, 3072), '2235': (84, 384),
+    '20f1': (108, 5120), '20b5': (108, 5120), '20b0': (108, 5120), '20b2': (108, 5120),
+    '27b8': (58, 192), '26b9': (142, 384), '2331': (114, 5120), '2330': (132, 5120),
+    '2335': (132, 6144),
+}
+DEFAULT_SILICON = (80, 4096)
+
+#: PCIe GT/s per lane and line-code efficiency per generation (PCI-SIG base specifications).
+PCIE_RATE = {1: (2.5, 0.8), 2: (5.0, 0.8), 3: (8.0, 128 / 130), 4: (16.0, 128 / 130),
+             5: (32.0, 128 / 130)}
+
+# The simulated silicon. Each measured figure is the catalog's expected figure times a factor a
+# healthy GPU reaches, times a small per-GPU, per-metric spread (deterministic: from the UUID).
+#: pinned host<->device copies, x the catalog's expected_h2d_gbps (PCIe link x 0.75)
+SIM_H2D = 0.95
+SIM_D2H = 0.97
+#: device-to-device copy (read + write counted), x the datasheet memory bandwidth
+SIM_D2D = 0.80
+#: cuBLAS SGEMM, x the datasheet FP32 peak; GA10x/AD10x count a second FP32 datapath in the peak
+#: that SGEMM keeps only partly busy, and the 70 W T4 does not hold its boost clock
+SIM_SGEMM = 0.85
+SIM_SGEMM_BY_CC = {'7.5': 0.53, '8.6': 0.53, '8.9': 0.53}
+#: peer-to-peer copies, x the slower GPU's host link rate (expected_h2d_gbps / 0.75 x this);
+#: without peer access the copy is staged through host memory
+SIM_P2P = 0.66
+SIM_P2P_STAGED = 0.40
+#: +- this share, per GPU and metric
+SIM_SPREAD = 0.02
+#: memory the driver keeps for itself: cudaDeviceProp.totalGlobalMem is nominal x (1 - this)
+SIM_RESERVED_MEMORY = 0.0066
+#: A correct element-wise float sum has no error; the ``wrong-result`` GPU (a fault of its FP32
+#: adders: integer work such as the boot script's check program is still right) gets every
+#: 4096th element wrong by this much.
+SIM_WRONG_ERROR = 0.5
+
+#: driver branch -> the CUDA version its libcuda reports (cudaDriverGetVersion)
+DRIVER_CUDA = {'470': '11.4', '525': '12.0', '535': '12.2', '550': '12.4', '560': '12.6',
+               '570': '12.8', '575': '12.9', '580': '13.0', '590': '13.1'}
+
+#: The heat-gpu sample programs gpusim's nvcc recognises (``// heat-gpu sample: NAME.`` on the
+#: first line of the source, else the file name NAME.cu).
+SAMPLE_PROGRAMS = ('device_query', 'vector_add', 'bandwidth', 'gemm', 'p2p')
 
 #: toolkit major -> lowest sm it still compiles for; and the driver branch it needs at least
 TOOLKIT_MIN_SM = {'11': 35, '12': 50, '13': 75}
@@ -188,8 +242,24 @@ def _catalog_facts(product_id: str) -> dict[str, Any] | None:
         'memory_mib': attr('memory_mib'),
         'compute_cap': str(cc) if cc is not None else None,
         'open_modules': attr('open_kernel_modules', 'open_modules', 'supports_open_modules'),
+        'memory_bandwidth_gbps': attr('memory_bandwidth_gbps'),
+        'fp32_tflops': attr('fp32_tflops'),
+        'pcie_gen': attr('pcie_gen'),
+        'pcie_lanes': attr('pcie_lanes'),
     }
+    h2d = getattr(catalog, 'expected_h2d_gbps', None)
+    if callable(h2d):
+        try:
+            facts['expected_h2d_gbps'] = float(h2d(model))
+        except Exception:  # an older catalog without PCIe facts: computed in _enrich
+            pass
     return {k: v for k, v in facts.items() if v is not None}
+
+
+def _expected_h2d(gen: int, lanes: int) -> float:
+    """The catalog's rule (heat_gpu.catalog.expected_h2d_gbps): PCIe link rate x 0.75."""
+    rate, encoding = PCIE_RATE.get(gen, PCIE_RATE[3])
+    return round(rate * encoding * lanes / 8 * 0.75, 2)
 
 
 def _enrich(device: dict[str, Any]) -> dict[str, Any]:
@@ -200,13 +270,24 @@ def _enrich(device: dict[str, Any]) -> dict[str, Any]:
     d.setdefault('numa_node', 0)
     facts: dict[str, Any] = {}
     if d['product_id'] in BUILTIN_MODELS:
-        name, mem, cc, open_ok = BUILTIN_MODELS[d['product_id']]
-        facts = {'name': name, 'memory_mib': mem, 'compute_cap': cc, 'open_modules': open_ok}
+        name, mem, cc, open_ok, bw, fp32, gen, lanes = BUILTIN_MODELS[d['product_id']]
+        facts = {'name': name, 'memory_mib': mem, 'compute_cap': cc, 'open_modules': open_ok,
+                 'memory_bandwidth_gbps': bw, 'fp32_tflops': fp32, 'pcie_gen': gen,
+                 'pcie_lanes': lanes}
     facts.update(_catalog_facts(d['product_id']) or {})
     for key, default in (('name', 'NVIDIA Device %s' % d['product_id']), ('memory_mib', 16384),
-                         ('compute_cap', '7.0'), ('open_modules', True)):
+                         ('compute_cap', '7.0'), ('open_modules', True),
+                         ('memory_bandwidth_gbps', 900), ('fp32_tflops', 14.0), ('pcie_gen', 3),
+                         ('pcie_lanes', 16)):
         d.setdefault(key, facts.get(key, default))
     d['memory_mib'] = int(d['memory_mib'])
+    d.setdefault('expected_h2d_gbps', facts.get('expected_h2d_gbps') or
+                 _expected_h2d(int(d['pcie_gen']), int(d['pcie_lanes'])))
+    sms, bus = SILICON.get(d['product_id'], DEFAULT_SILICON)
+    d.setdefault('multiprocessors', sms)
+    d.setdefault('memory_bus_width_bits', bus)
+    d.setdefault('ecc_enabled', True)
+    d['faults'] = list(d.get('faults') or [])
     d['uuid'] = _gpu_uuid(d['pci_address'])
     d.setdefault('pci_class', '0302')
     return d
@@ -245,6 +326,12 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
     if bad:
         raise ValueError('gpusim: unknown fault(s) %s; accepted: %s'
                          % (', '.join(bad), ', '.join(FAULTS)))
+    devices = list(devices)
+    for d in devices:
+        bad = [f for f in d.get('faults') or () if f not in DEVICE_FAULTS]
+        if bad:
+            raise ValueError('gpusim: device %s has unknown fault(s) %s; accepted: %s'
+                             % (d.get('pci_address'), ', '.join(bad), ', '.join(DEVICE_FAULTS)))
     import shutil
     root = os.path.abspath(root)
     sim = _sim(root)
@@ -527,8 +614,27 @@ class Stub:
             return []
         return [d for d in self.devs if d.get('vendor_id') == '10de']
 
+    def device_faults(self, d: dict[str, Any]) -> set[str]:
+        """The faults of GPU *d*: its own, and the guest's device faults aimed at it."""
+        out = set(d.get('faults') or ())
+        gpus = sorted(self.gpus(), key=lambda x: x['pci_address'])
+        for fault in DEVICE_FAULTS:
+            if fault in self.faults and gpus:
+                target = gpus[-1] if fault == 'gpu-missing' else gpus[0]
+                if target['pci_address'] == d['pci_address']:
+                    out.add(fault)
+        return out
+
     def visible(self) -> list[dict[str, Any]]:
-        return sorted(self.gpus(), key=lambda d: d['pci_address'])
+        """The GPUs the driver initialised (PCI order): ``gpu-missing`` ones are on the bus only."""
+        return [d for d in sorted(self.gpus(), key=lambda x: x['pci_address'])
+                if 'gpu-missing' not in self.device_faults(d)]
+
+    def link(self, d: dict[str, Any]) -> tuple[int, int, int, int]:
+        """PCIe (gen, width, max gen, max width): ``pcie-degraded`` trains at half the lanes."""
+        gen, lanes = int(d['pcie_gen']), int(d['pcie_lanes'])
+        width = max(1, lanes // 2) if 'pcie-degraded' in self.device_faults(d) else lanes
+        return gen, width, gen, lanes
 
     def driver_works(self) -> bool:
         drv = self.st.get('driver')
@@ -638,8 +744,15 @@ class Stub:
             str(d['memory_mib']), 'uuid': d['uuid'], 'driver_version': self.st['driver']['version'],
             'compute_cap': d['compute_cap'], 'utilization.gpu': '0', 'temperature.gpu': '34',
             'serial': str(int(hashlib.sha1(d['uuid'].encode()).hexdigest()[:12], 16)),
-            'count': str(len(self.gpus())), 'pstate': 'P0',
+            'count': str(len(self.visible())), 'pstate': 'P0',
             'pci.device_id': '0x%s%s' % (d['product_id'].upper(), d['vendor_id'].upper()),
+            'pcie.link.gen.current': str(self.link(d)[0]),
+            'pcie.link.width.current': str(self.link(d)[1]),
+            'pcie.link.gen.max': str(self.link(d)[2]),
+            'pcie.link.width.max': str(self.link(d)[3]),
+            'ecc.mode.current': 'Enabled' if d.get('ecc_enabled', True) else 'Disabled',
+            'ecc.errors.uncorrected.volatile.total':
+                '1' if 'ecc-errors' in self.device_faults(d) else '0',
         }
 
     def cmd_nvidia_smi(self) -> int:
@@ -681,6 +794,10 @@ class Stub:
                 print('GPU %d: %s (UUID: %s)' % (i, d['name'], d['uuid']))
             return 0
         cuda = '13.0' if int(self.st['driver']['version'].split('.')[0]) >= 580 else '12.8'
+        for d in sorted(self.gpus(), key=lambda x: x['pci_address']):
+            if d not in gpus:
+                print('Unable to determine the device handle for GPU%s: Unknown Error'
+                      % ('0000' + d['pci_address'].upper()))
         print('+' + '-' * 87 + '+')
         print('| NVIDIA-SMI %-20s Driver Version: %-14s CUDA Version: %-8s|'
               % (self.st['driver']['version'], self.st['driver']['version'], cuda))
@@ -715,14 +832,9 @@ class Stub:
         if 'nvcc-fails' in self.faults:
             self.err('nvcc fatal   : Could not open output file (simulated failure)')
             return 1
-        archs = []
-        for i, x in enumerate(a):
-            m = re.match(r'^(?:-arch(?:=|$)|--gpu-architecture(?:=|$)|-gencode(?:=|$))(.*)', x)
-            if m:
-                v = m.group(1) or (a[i + 1] if i + 1 < len(a) else '')
-                archs += re.findall(r'(?:sm|compute)_(\d+)', v)
+        sass, ptx = _arch_targets(a)
         major = tk.split('.')[0]
-        for sm in archs:
+        for sm in sass + ptx:
             if int(sm) < TOOLKIT_MIN_SM.get(major, 0):
                 self.err("nvcc fatal   : Unsupported gpu architecture 'compute_%s'" % sm)
                 return 1
@@ -735,39 +847,63 @@ class Stub:
             if not os.path.exists(s):
                 self.err('nvcc fatal   : Could not open input file %s' % s)
                 return 1
+        program = next((p for p in map(_sample_program, sources) if p), '-')
+        if program == 'gemm' and not any(x.startswith('-lcublas') for x in a):
+            self.err("/usr/bin/ld: /tmp/tmpxft_0000a1b2_00000000-11_gemm.o: in function "
+                     "`main':\ngemm.cu:(.text+0x1c4): undefined reference to "
+                     "`cublasCreate_v2'\ncollect2: error: ld returned 1 exit status")
+            return 1
         with open(out, 'w', encoding='utf-8') as f:
-            f.write('#!/bin/sh\n# gpusim CUDA program (toolkit %s, archs %s)\nexec %s '
-                    '--stub cuda-program %s %s "$@"\n'
-                    % (tk, ','.join(archs) or 'default', _launcher(self.sim), tk,
-                       ','.join(sorted(set(archs))) or '-'))
+            f.write('#!/bin/sh\n# gpusim CUDA program %s (toolkit %s, sm %s, compute %s)\n'
+                    'exec %s --stub cuda-program %s %s %s %s "$@"\n'
+                    % (program, tk, ','.join(sass) or '-', ','.join(ptx) or '-',
+                       _launcher(self.sim), tk, ','.join(sorted(set(sass))) or '-',
+                       ','.join(sorted(set(ptx))) or '-', program))
         os.chmod(out, 0o755)
         return 0
 
-    def cmd_cuda_program(self) -> int:
-        tk, archs = self.args[0], self.args[1]
-        if not self.st.get('driver') or not self.driver_works():
-            print('CUDA error: no CUDA-capable device is detected (cudaGetDeviceCount)')
-            return 1
+    def cuda_devices(self, toolkit: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """What cudaGetDeviceCount sees: the GPUs in CUDA's order, or (``[]``, the error)."""
+        if not self.st.get('driver'):
+            return [], CUDA_INSUFFICIENT_DRIVER
+        if not self.driver_works():
+            return [], CUDA_NO_DEVICE
         branch = int(self.st['driver']['version'].split('.')[0])
-        if branch < TOOLKIT_MIN_BRANCH.get(tk.split('.')[0], 0):
-            print('CUDA error: CUDA driver version is insufficient for CUDA runtime version')
-            return 1
+        if branch < TOOLKIT_MIN_BRANCH.get(toolkit.split('.')[0], 0):
+            return [], CUDA_INSUFFICIENT_DRIVER
         gpus = self.visible()
-        env_vis = os.environ.get('CUDA_VISIBLE_DEVICES')
-        indexed = list(enumerate(gpus))
-        if env_vis is not None:
-            want = [x.strip() for x in env_vis.split(',') if x.strip()]
-            indexed = [(i, d) for i, d in indexed if str(i) in want or d['uuid'] in want]
-        if not indexed:
-            print('CUDA error: no CUDA-capable device is detected (cudaGetDeviceCount)')
+        if os.environ.get('CUDA_DEVICE_ORDER', 'FASTEST_FIRST') != 'PCI_BUS_ID':
+            gpus = sorted(gpus, key=lambda d: -float(d['fp32_tflops']))
+        wanted = os.environ.get('CUDA_VISIBLE_DEVICES')
+        if wanted is not None:
+            chosen: list[dict[str, Any]] = []
+            for token in (t.strip() for t in wanted.split(',')):
+                if token.isdigit() and int(token) < len(gpus):
+                    match = gpus[int(token)]
+                else:
+                    match = next((d for d in gpus if token.startswith('GPU-') and
+                                  d['uuid'].startswith(token)), None)
+                if match is None or match in chosen:
+                    break  # the runtime ignores everything from the first invalid entry on
+                chosen.append(match)
+            gpus = chosen
+        return (gpus, None) if gpus else ([], CUDA_NO_DEVICE)
+
+    def cmd_cuda_program(self) -> int:
+        tk, sass, ptx, program = (self.args + ['-'] * 4)[:4]
+        sass_list = [x for x in sass.split(',') if x != '-']
+        ptx_list = [x for x in ptx.split(',') if x != '-']
+        if program in SAMPLE_PROGRAMS:
+            return _Program(self, toolkit=tk, sass=sass_list, ptx=ptx_list).run(program)
+        gpus, error = self.cuda_devices(tk)
+        if error:
+            print('CUDA error: %s (cudaGetDeviceCount)' % error[1])
             return 1
         rc = 0
-        for i, d in indexed:
-            cc = d['compute_cap'].replace('.', '')
-            built = [a for a in archs.split(',') if a != '-']
-            if built and not any(int(b) <= int(cc) and b[0] == cc[0] for b in built):
-                print('CUDA error on device %d: no kernel image is available for execution on '
-                      'the device' % i)
+        for i, d in enumerate(gpus):
+            if 'ecc-errors' in self.device_faults(d) or not _runnable(d, sass_list, ptx_list):
+                why = CUDA_ECC if 'ecc-errors' in self.device_faults(d) else CUDA_NO_KERNEL
+                print('CUDA error on device %d: %s' % (i, why[1]))
                 rc = 1
                 continue
             print('heat-gpu-check %d %s %s %s OK'
@@ -1207,6 +1343,304 @@ class Stub:
     def _wget(self) -> int:
         self.err('wget: not installed in this guest (use curl)')
         return 127
+
+
+CUDA_NO_DEVICE = ('cudaErrorNoDevice', 'no CUDA-capable device is detected')
+CUDA_INSUFFICIENT_DRIVER = ('cudaErrorInsufficientDriver',
+                            'CUDA driver version is insufficient for CUDA runtime version')
+CUDA_ECC = ('cudaErrorECCUncorrectable', 'uncorrectable ECC error encountered')
+CUDA_NO_KERNEL = ('cudaErrorNoKernelImageForDevice',
+                  'no kernel image is available for execution on the device')
+
+
+def _arch_targets(args: list[str]) -> tuple[list[str], list[str]]:
+    """(SASS, PTX) architectures an nvcc command line builds, e.g. ``(['60'], ['60'])``.
+
+    ``-arch=sm_XY`` embeds SASS and PTX for XY, ``-arch=compute_XY`` PTX only, ``-gencode`` what
+    its ``code=`` names; ``-arch=native`` (or nothing) builds for the GPUs present: both empty.
+    """
+    sass: list[str] = []
+    ptx: list[str] = []
+    for i, x in enumerate(args):
+        m = re.match(r'^(-arch|--gpu-architecture|-gencode|--generate-code)(?:=(.*))?$', x)
+        if not m:
+            continue
+        value = m.group(2) if m.group(2) is not None else (
+            args[i + 1] if i + 1 < len(args) else '')
+        if m.group(1) in ('-gencode', '--generate-code'):
+            code = re.search(r'code=(\[[^\]]*\]|[^,]*)', value)
+            for c in (code.group(1).strip('[]').split(',') if code else []):
+                n = re.match(r'^(sm|compute)_(\d+)', c.strip())
+                if n:
+                    (sass if n.group(1) == 'sm' else ptx).append(n.group(2))
+            continue
+        n = re.match(r'^(sm|compute)_(\d+)', value)
+        if n:
+            if n.group(1) == 'sm':
+                sass.append(n.group(2))
+            ptx.append(n.group(2))
+    return sass, ptx
+
+
+def _runnable(d: dict[str, Any], sass: list[str], ptx: list[str]) -> bool:
+    """Whether a build has a kernel image for GPU *d*.
+
+    That is SASS of its major version up to its own capability, or PTX the driver compiles for it.
+    """
+    if not sass and not ptx:
+        return True
+    cc = int(d['compute_cap'].replace('.', ''))
+    return (any(int(s) // 10 == cc // 10 and int(s) <= cc for s in sass)
+            or any(int(p) <= cc for p in ptx))
+
+
+def _sample_program(source: str) -> str | None:
+    """The heat-gpu sample *source* is (its ``heat-gpu sample: NAME.`` marker, else its name)."""
+    try:
+        with open(source, encoding='utf-8', errors='replace') as f:
+            head = f.read(400)
+    except OSError:
+        return None
+    m = re.search(r'heat-gpu sample: ([a-z0-9_]+)\.', head)
+    name = m.group(1) if m else os.path.basename(source).rsplit('.', 1)[0]
+    return name if name in SAMPLE_PROGRAMS else None
+
+
+def _js(value: Any) -> str:
+    """A JSON value as the sample programs print it."""
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _obj(*pairs: tuple[str, str]) -> str:
+    return '{' + ', '.join('"%s": %s' % (key, text) for key, text in pairs) + '}'
+
+
+def _cuda_number(version: str) -> int:
+    major, minor = (version.split('.') + ['0'])[:2]
+    return int(major) * 1000 + int(minor) * 10
+
+
+class _Program:
+    """One run of a heat-gpu sample program on the simulated silicon.
+
+    Prints the one JSON line the real program (``heat_gpu/samples/NAME.cu``) prints, keys in its
+    printf order and numbers in its printf formats, and returns its exit status.
+    """
+
+    def __init__(self, stub: Stub, *, toolkit: str, sass: list[str], ptx: list[str]) -> None:
+        self.stub = stub
+        self.toolkit = toolkit
+        self.sass = sass
+        self.ptx = ptx
+        self.devices, self.error = stub.cuda_devices(toolkit)
+
+    def run(self, program: str) -> int:
+        return getattr(self, program)()
+
+    # -- the model --
+    @staticmethod
+    def env_long(name: str, fallback: int) -> int:
+        m = re.match(r'^\s*([+-]?\d+)', os.environ.get(name, ''))
+        value = int(m.group(1)) if m else 0
+        return value if value > 0 else fallback
+
+    @staticmethod
+    def spread(d: dict[str, Any], metric: str) -> float:
+        h = hashlib.sha256(('%s:%s' % (d['uuid'], metric)).encode()).hexdigest()
+        return 1 + SIM_SPREAD * (2 * int(h[:8], 16) / 0xffffffff - 1)
+
+    def faults(self, d: dict[str, Any]) -> set[str]:
+        return self.stub.device_faults(d)
+
+    def link_gbps(self, d: dict[str, Any]) -> float:
+        """Theoretical rate of the link as trained (GB/s, one direction)."""
+        gen, width, _, _ = self.stub.link(d)
+        rate, encoding = PCIE_RATE.get(gen, PCIE_RATE[3])
+        return rate * encoding * width / 8
+
+    def link_share(self, d: dict[str, Any]) -> float:
+        gen, width, gen_max, width_max = self.stub.link(d)
+        rate, encoding = PCIE_RATE.get(gen_max, PCIE_RATE[3])
+        return self.link_gbps(d) / (rate * encoding * width_max / 8)
+
+    def d2d_gbps(self, d: dict[str, Any]) -> float:
+        return float(d['memory_bandwidth_gbps']) * SIM_D2D * self.spread(d, 'd2d')
+
+    def driver_cuda(self) -> int:
+        drv = self.stub.st.get('driver')
+        if not drv:
+            return 0
+        branch = drv['version'].split('.')[0]
+        return _cuda_number(DRIVER_CUDA.get(branch, '13.0' if int(branch) >= 580 else '12.0'))
+
+    def count_error(self, program: str) -> str:
+        """The document a program prints when cudaGetDeviceCount fails."""
+        why = _js('cudaGetDeviceCount: %s: %s' % self.error)
+        if program == 'p2p':
+            return _obj(('program', _js(program)), ('status', '"error"'), ('gpu_count', '0'),
+                        ('error', why), ('results', '[]'))
+        return _obj(('program', _js(program)), ('error', why), ('results', '[]'))
+
+    @staticmethod
+    def document(program: str, entries: list[str]) -> str:
+        return _obj(('program', _js(program)), ('error', 'null'),
+                    ('results', '[%s]' % ', '.join(entries)))
+
+    # -- the programs --
+    def device_query(self) -> int:
+        head = [('program', '"device_query"'), ('cuda_driver_version', str(self.driver_cuda())),
+                ('cuda_runtime_version', str(_cuda_number(self.toolkit)))]
+        if self.error:
+            print(_obj(*head, ('nvml', 'false'), ('error', _js('%s: %s' % self.error)),
+                       ('results', '[]')))
+            return 1
+        entries = []
+        failures = 0
+        for i, d in enumerate(self.devices):
+            gen, width, gen_max, width_max = self.stub.link(d)
+            bus = int(d['memory_bus_width_bits'])
+            clock_khz = round(float(d['memory_bandwidth_gbps']) * 1e9 / (2 * bus / 8) / 1e3)
+            usable = 'ecc-errors' not in self.faults(d)
+            failures += 0 if usable else 1
+            entries.append(_obj(
+                ('gpu_index', str(i)), ('name', _js(d['name'])),
+                ('compute_capability', _js(d['compute_cap'])),
+                ('memory_mib', str(int(d['memory_mib'] * (1 - SIM_RESERVED_MEMORY)))),
+                ('multiprocessors', str(d['multiprocessors'])),
+                ('memory_clock_khz', str(clock_khz)), ('memory_bus_width_bits', str(bus)),
+                ('memory_bandwidth_gbps', '%.1f' % (2.0 * clock_khz * 1e3 * (bus / 8) / 1e9)),
+                ('pci_bus_id', _js(d['pci_address'])), ('uuid', _js(d['uuid'])),
+                ('ecc_enabled', _js(bool(d.get('ecc_enabled', True)))),
+                ('pcie_link_gen_max', str(gen_max)), ('pcie_link_width_max', str(width_max)),
+                ('pcie_link_gen', str(gen)), ('pcie_link_width', str(width)),
+                ('usable', _js(usable)),
+                ('error', 'null' if usable else _js('%s: %s' % CUDA_ECC))))
+        print(_obj(*head, ('nvml', 'true'), ('error', 'null'),
+                   ('results', '[%s]' % ', '.join(entries))))
+        return 0 if failures == 0 else 1
+
+    def vector_add(self) -> int:
+        if self.error:
+            print(self.count_error('vector_add'))
+            return 1
+        n = self.env_long('HEAT_GPU_VECTOR_ELEMENTS', 1 << 24)
+        entries = []
+        failures = 0
+        for i, d in enumerate(self.devices):
+            mismatches, max_error, kernel_ms, error = 0, 0.0, 0.0, None
+            if 'ecc-errors' in self.faults(d):
+                error = 'cudaSetDevice: %s: %s' % CUDA_ECC
+            elif not _runnable(d, self.sass, self.ptx):
+                error = 'kernel launch: %s: %s' % CUDA_NO_KERNEL
+            else:
+                kernel_ms = 0.005 + 3 * 4 * n / (self.d2d_gbps(d) * 1e9) * 1e3
+                if 'wrong-result' in self.faults(d):
+                    mismatches = max(1, n // 4096)
+                    max_error = SIM_WRONG_ERROR
+            ok = error is None and mismatches == 0
+            failures += 0 if ok else 1
+            entries.append(_obj(
+                ('gpu_index', str(i)), ('elements', str(n)), ('mismatches', str(mismatches)),
+                ('max_abs_error', '%.9g' % max_error), ('kernel_ms', '%.3f' % kernel_ms),
+                ('correct', _js(ok)), ('error', _js(error))))
+        print(self.document('vector_add', entries))
+        return 0 if failures == 0 else 1
+
+    def bandwidth(self) -> int:
+        if self.error:
+            print(self.count_error('bandwidth'))
+            return 1
+        size = self.env_long('HEAT_GPU_BANDWIDTH_MIB', 64) << 20
+        reps = self.env_long('HEAT_GPU_BANDWIDTH_REPS', 20)
+        entries = []
+        failures = 0
+        for i, d in enumerate(self.devices):
+            h2d = d2h = d2d = 0.0
+            error = None
+            if 'ecc-errors' in self.faults(d):
+                error = 'cudaSetDevice: %s: %s' % CUDA_ECC
+                failures += 1
+            else:
+                host = float(d['expected_h2d_gbps']) * self.link_share(d)
+                h2d = host * SIM_H2D * self.spread(d, 'h2d')
+                d2h = host * SIM_D2H * self.spread(d, 'd2h')
+                d2d = self.d2d_gbps(d)
+            entries.append(_obj(
+                ('gpu_index', str(i)), ('bytes', str(size)), ('repetitions', str(reps)),
+                ('pinned', 'true'), ('h2d_gbps', '%.2f' % h2d), ('d2h_gbps', '%.2f' % d2h),
+                ('d2d_gbps', '%.2f' % d2d), ('error', _js(error))))
+        print(self.document('bandwidth', entries))
+        return 0 if failures == 0 else 1
+
+    def gemm(self) -> int:
+        if self.error:
+            print(self.count_error('gemm'))
+            return 1
+        n = self.env_long('HEAT_GPU_GEMM_N', 4096)
+        reps = self.env_long('HEAT_GPU_GEMM_REPS', 10)
+        entries = []
+        failures = 0
+        for i, d in enumerate(self.devices):
+            rel, tflops, ms, error = 0.0, 0.0, 0.0, None
+            if 'ecc-errors' in self.faults(d):
+                error = 'cudaSetDevice: %s: %s' % CUDA_ECC
+            elif not _runnable(d, self.sass, self.ptx):
+                error = 'fill: %s: %s' % CUDA_NO_KERNEL
+            else:
+                rel = 1.8e-7 * self.spread(d, 'sgemm-error')
+                efficiency = SIM_SGEMM_BY_CC.get(d['compute_cap'], SIM_SGEMM)
+                tflops = float(d['fp32_tflops']) * efficiency * self.spread(d, 'sgemm')
+                ms = 2.0 * n ** 3 / (tflops * 1e12) * 1e3
+            correct = error is None
+            failures += 0 if correct else 1
+            entries.append(_obj(
+                ('gpu_index', str(i)), ('n', str(n)), ('repetitions', str(reps)),
+                ('check_n', '97'), ('max_rel_error', '%.3g' % rel), ('correct', _js(correct)),
+                ('ms_per_product', '%.3f' % ms), ('tflops', '%.3f' % tflops),
+                ('error', _js(error))))
+        print(self.document('gemm', entries))
+        return 0 if failures == 0 else 1
+
+    def p2p(self) -> int:
+        if self.error:
+            print(self.count_error('p2p'))
+            return 1
+        size = self.env_long('HEAT_GPU_P2P_MIB', 64) << 20
+        reps = self.env_long('HEAT_GPU_P2P_REPS', 10)
+        count = len(self.devices)
+        if count < 2:
+            print(_obj(('program', '"p2p"'), ('status', '"skipped"'), ('gpu_count', str(count)),
+                       ('error', 'null'), ('reason', _js('%d GPU visible; peer-to-peer needs at '
+                                                         'least 2' % count)),
+                       ('results', '[]')))
+            return 0
+        setup_error = next(('cudaMalloc: %s: %s on GPU %d' % (CUDA_ECC + (i,))
+                            for i, d in enumerate(self.devices)
+                            if 'ecc-errors' in self.faults(d)), None)
+        entries = []
+        for src, a in enumerate(self.devices if setup_error is None else []):
+            for dst, b in enumerate(self.devices):
+                if src == dst:
+                    continue
+                # PCIe peer-to-peer works below one root complex (one NUMA node); across
+                # sockets the copy is staged through host memory.
+                peer = (a.get('numa_node') or 0) == (b.get('numa_node') or 0)
+                gbps = (min(self.link_gbps(a), self.link_gbps(b))
+                        * (SIM_P2P if peer else SIM_P2P_STAGED)
+                        * self.spread(a, 'p2p:%s' % b['uuid']))
+                entries.append(_obj(
+                    ('gpu_index', str(src)), ('peer_index', str(dst)), ('peer_access', _js(peer)),
+                    ('bytes', str(size)), ('repetitions', str(reps)), ('gbps', '%.2f' % gbps),
+                    ('error', 'null')))
+        print(_obj(('program', '"p2p"'), ('status', '"ran"'), ('gpu_count', str(count)),
+                   ('error', _js(setup_error)), ('results', '[%s]' % ', '.join(entries))))
+        return 0 if setup_error is None else 1
 
 
 def _alive(pid: int) -> bool:

@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 
@@ -163,6 +164,16 @@ def _proc_stat(pid: int) -> list[str] | None:
             return f.read().rsplit(')', 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _group_rss_kib(pgid: int) -> int:
@@ -497,7 +508,6 @@ class Cloud:
             'vnc': {'enabled': False},
             'spice': {'enabled': False},
             'serial_console': {'enabled': False},
-            'os_vif_ovs': {},
             'oslo_policy': {'enforce_new_defaults': True, 'enforce_scope': True},
         }
         self._write(os.path.join(etc, 'nova.conf'), _ini(conf))
@@ -709,6 +719,9 @@ class Cloud:
         self._spawn(name, [
             _venv_bin('gunicorn'), '--bind', '%s:%d' % (HOST, PORTS[name]), '--workers', '1',
             '--worker-class', 'gthread', '--threads', str(threads), '--timeout', '300',
+            # Clients poll every few seconds over pooled connections: an idle timeout shorter
+            # than the poll interval makes them send on a connection the server just closed.
+            '--keep-alive', '75',
             '--graceful-timeout', '5', '--pythonpath', HERE, '--name', name]
             + (['--access-logfile', '-'] if access_log else [])
             + ['wsgi_wrapper:application'], env=env)
@@ -825,6 +838,13 @@ class Cloud:
     def _setup_keystone_resources(self) -> None:
         if self._done('keystone-resources'):
             return
+        self._retry('creating projects, users and the catalog in keystone',
+                    self._create_keystone_resources, logs=['keystone'])
+        # Tokens issued before the catalog existed carry an empty one.
+        self._connections.clear()
+        self._mark('keystone-resources')
+
+    def _create_keystone_resources(self) -> None:
         conn = self.connection()
         ident = conn.identity
         default = ident.find_domain('default', ignore_missing=False)
@@ -874,11 +894,29 @@ class Cloud:
                 if interface not in have:
                     ident.create_endpoint(service_id=svc.id, interface=interface, url=url,
                                           region_id=REGION)
-        self._mark('keystone-resources')
+
+    def _retry(self, what: str, func, *, logs: list[str], timeout: float = 90.0) -> None:
+        """Run a setup step against a service that may still be warming up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                func()
+                return
+            except Exception as exc:  # a client error of any kind: retry, then report
+                if time.monotonic() > deadline:
+                    raise CloudError('%s failed for %d s; last error: %s: %s\n%s' % (
+                        what, timeout, type(exc).__name__, exc, self._log_tails(logs))) from exc
+                self._log('%s: %s; retrying' % (what, type(exc).__name__))
+                self._connections.clear()
+                time.sleep(3)
 
     def _setup_images(self) -> None:
         if self._done('images'):
             return
+        self._retry('uploading the images to glance', self._upload_images, logs=['glance'])
+        self._mark('images')
+
+    def _upload_images(self) -> None:
         conn = self.connection()
         session = conn.session
         existing = {i.name for i in conn.image.images()}
@@ -892,7 +930,6 @@ class Cloud:
             image_id = resp.json()['id']
             session.put(self.url('glance') + '/v2/images/%s/file' % image_id, data=payload,
                         headers={'Content-Type': 'application/octet-stream'}, timeout=30)
-        self._mark('images')
 
     def _computes(self) -> tuple:
         return tuple('nova-compute-' + h for h in COMPUTE_HOSTS)
@@ -1040,7 +1077,12 @@ class Cloud:
         for name in os.listdir(guests):
             with contextlib.suppress(OSError, ValueError):
                 with open(os.path.join(guests, name, 'guest.pid'), encoding='utf-8') as f:
-                    groups.append(int(f.read().strip()))
+                    pgid = int(f.read().strip())
+                # Only a live guest stand-in of this cloud, never a process that reused the pid.
+                with open('/proc/%d/cmdline' % pgid, 'rb') as f:
+                    argv = f.read().split(b'\0')
+                if os.path.join(HERE, 'guest.py').encode() in argv:
+                    groups.append(pgid)
         return groups
 
     def stop(self) -> None:
@@ -1059,9 +1101,22 @@ class Cloud:
                 for name in tier:
                     self._stop_process(name)
                 self._wait_gone(tier)
-            for pgid in self._guest_groups():
+            self._stop_guests()
+
+    def _stop_guests(self) -> None:
+        """SIGTERM every guest stand-in (it stops its scripts and services), then SIGKILL."""
+        groups = self._guest_groups()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = []
+            for pgid in groups:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, signal.SIGKILL)
+                    os.killpg(pgid, sig)
+                    alive.append(pgid)
+            deadline = time.monotonic() + 10
+            while alive and time.monotonic() < deadline:
+                time.sleep(0.2)
+                alive = [g for g in alive if _group_alive(g)]
+            groups = alive
 
     def clean(self) -> None:
         self.stop()
@@ -1112,6 +1167,10 @@ def main(argv: list[str] | None = None) -> int:
             print('localcloud: removed %s' % cloud.state)
     except CloudError as exc:
         print('localcloud: error: %s' % exc, file=sys.stderr)
+        return 1
+    except Exception:
+        print('localcloud: error: unexpected failure of "%s" (state in %s):\n%s' % (
+            args.command, cloud.state, traceback.format_exc()), file=sys.stderr)
         return 1
     return 0
 

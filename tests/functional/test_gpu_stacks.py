@@ -1,0 +1,288 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The GPU stacks end to end: hot/ templates on the local cloud, checked against nova's own records.
+
+Every stack is created from the real files the way ``openstack stack create -t ... -e ...`` sends
+them (heatclient's template_utils build ``template``, ``files`` and ``environment``). What a stack
+reports (GPU PCI addresses, models, GPU counts) is compared with nova's PCI tracker (table
+``pci_devices``) and placement, and after every delete nothing may be left: no server, no PCI
+claim, no placement allocation, no stack, no flavor.
+"""
+
+import os
+import textwrap
+from typing import Any, Sequence
+
+from heatclient.common import template_utils
+from heatclient import exc as heat_exc
+
+from heat_gpu import catalog
+from tests.functional import base
+
+IMAGE = 'ubuntu-22.04-gpu'
+PREBAKED_IMAGE = 'ubuntu-22.04-cuda-prebaked'
+PORTABLE_ENV = 'environments/portable.yaml'
+
+# One CudaInstance and nothing else, for the cases the tenant template has no parameter for
+# (server metadata, which carries the simulator's fault injection).
+BARE_INSTANCE = textwrap.dedent('''\
+    heat_template_version: 2016-10-14
+    parameters:
+      flavor: {type: string}
+      image: {type: string}
+      faults: {type: string, default: ''}
+    resources:
+      instance:
+        type: OS::GPU::CudaInstance
+        properties:
+          flavor: {get_param: flavor}
+          image: {get_param: image}
+          networks: [{allocate_network: none}]
+          metadata: {heat_gpu_sim_faults: {get_param: faults}}
+          bootstrap_timeout: 300
+    outputs:
+      server_id:
+        value: {get_resource: instance}
+    ''')
+
+
+def template_fields(template: str, *, environments: Sequence[str] = ()) -> dict:
+    """``template``, ``files``, ``environment`` (+ ``environment_files``) as the CLI sends them.
+
+    ``template`` and ``environments`` are paths relative to the repository.
+    """
+    files, body = template_utils.process_template_path(os.path.join(base.REPO, template))
+    env_list: list[str] = []
+    env_files, env = template_utils.process_multiple_environments_and_files(
+        env_paths=[os.path.join(base.REPO, path) for path in environments],
+        env_list_tracker=env_list)
+    fields = {'template': body, 'files': {**files, **env_files}, 'environment': env}
+    if env_list:
+        fields['environment_files'] = env_list
+    return fields
+
+
+class GpuStackTestCase(base.FunctionalTestCase):
+    """Helpers shared by the GPU stack tests."""
+
+    def launch(self, fields: dict, *, parameters: dict, client: Any = None) -> str:
+        """Create a stack from ``template_fields`` output; deleted again at cleanup."""
+        client = client or self.heat_demo
+        resp = client.stacks.create(stack_name=self.unique_name('stack'), parameters=parameters,
+                                    timeout_mins=10, **fields)
+        stack_id = resp['stack']['id']
+        self.addCleanup(self.delete_stack, stack_id, client=client)
+        return stack_id
+
+    @staticmethod
+    def outputs(stack: Any) -> dict:
+        return {o['output_key']: o['output_value'] for o in stack.outputs}
+
+    def claims(self, server_id: str) -> list[tuple[str, str]]:
+        """(PCI address, vendor:product) of the devices nova's PCI tracker gave the server."""
+        return sorted((d['address'], '%s:%s' % (d['vendor_id'], d['product_id']))
+                      for d in self.pci_devices(instance_uuid=server_id)
+                      if d['status'] == 'allocated')
+
+    def event_reasons(self, stack_id: str, resource_name: str) -> list[str]:
+        return [e.resource_status_reason or '' for e in
+                self.heat_demo.events.list(stack_id, resource_name=resource_name)]
+
+    def assert_gpus_match_claim(self, gpus: list[dict], server_id: str) -> None:
+        """The GPUs the guest reported are exactly the devices nova assigned to the server."""
+        claimed = self.claims(server_id)
+        self.assertNotEqual([], claimed, 'nova holds no PCI device for %s' % server_id)
+        self.assertEqual(claimed, sorted((g['pci_address'], g['pci_id']) for g in gpus))
+        for gpu in gpus:
+            self.assertEqual(catalog.by_pci_id(gpu['pci_id']).name, gpu['name'], gpu)
+
+    def assert_server_released(self, server_id: str) -> None:
+        """The server is gone and neither nova nor placement holds anything for it."""
+        self.wait_until(lambda: self.server_gone(server_id),
+                        what='deletion of server %s' % server_id, timeout=120)
+        self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
+                        what='nova releasing the PCI devices of server %s' % server_id)
+        self.wait_until(
+            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
+            what='placement dropping the allocations of server %s' % server_id)
+
+    def stack_servers(self, stack_id: str) -> list[str]:
+        """IDs of the nova servers in the stack tree."""
+        return [r.physical_resource_id for r in
+                self.heat_demo.resources.list(stack_id, nested_depth=3)
+                if r.resource_type in ('OS::Nova::Server', 'OS::GPU::CudaInstance')
+                and r.physical_resource_id and '/' not in r.physical_resource_id
+                and not any(link['rel'] == 'nested' for link in r.links)]
+
+
+class TestAdminFlavorSet(GpuStackTestCase):
+
+    def test_flavor_set_private_to_demo_and_deleted_with_the_stack(self):
+        prefix = self.unique_name('fl')
+        demo_project = self.demo.current_project_id
+        stack_id = self.launch(
+            template_fields('hot/gpu_flavors.yaml'), client=self.heat_admin,
+            parameters={'name_prefix': prefix, 'gpu_models': 'P100-PCIE-16GB',
+                        'gpu_counts': '1,2', 'vcpus_per_gpu': 1, 'ram_per_gpu': 1024,
+                        'disk': 10, 'tenants': demo_project})
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE', client=self.heat_admin)
+        outputs = self.outputs(stack)
+        model = catalog.by_key('P100-PCIE-16GB')
+        expected = {'%s.p100-pcie-16gb.x%d' % (prefix, n): '%s:%d' % (model.alias, n)
+                    for n in (1, 2)}
+        self.assertEqual(sorted(expected), sorted(outputs['flavor_names']))
+
+        in_nova = {f.name: f for f in self.admin.compute.flavors(is_public=None)
+                   if f.name.startswith(prefix)}
+        self.assertEqual(sorted(expected), sorted(in_nova))
+        specs_out = dict(zip(outputs['flavor_ids'], outputs['extra_specs']))
+        for name, alias in expected.items():
+            flavor = in_nova[name]
+            specs = self.admin.compute.fetch_flavor_extra_specs(flavor).extra_specs
+            self.assertEqual(alias, specs['pci_passthrough:alias'], name)
+            self.assertEqual(specs, specs_out[flavor.id], name)
+            self.assertFalse(flavor.is_public, name)
+            gpus = int(name.rsplit('x', 1)[1])
+            self.assertEqual((gpus, gpus * 1024, 10), (flavor.vcpus, flavor.ram, flavor.disk))
+            access = self.admin.compute.get_flavor_access(flavor)
+            self.assertEqual([demo_project], [a['tenant_id'] for a in access], name)
+            # The tenant sees the private flavor (Horizon's nova.flavor drop-down lists it).
+            self.assertEqual(flavor.id, self.demo.compute.get_flavor(flavor.id).id)
+
+        self.delete_stack(stack_id, client=self.heat_admin)
+        self.assertEqual([], [f.name for f in self.admin.compute.flavors(is_public=None)
+                              if f.name.startswith(prefix)])
+
+
+class TestTenantInstance(GpuStackTestCase):
+
+    def test_create_resize_to_two_gpus_and_delete(self):
+        images_before = sorted(i.id for i in self.admin.image.images())
+        one = self.create_gpu_flavor(alias='p100', count=1)
+        two = self.create_gpu_flavor(alias='p100', count=2)
+        stack_id = self.launch(template_fields('hot/gpu_instance.yaml'),
+                               parameters={'flavor': one.id, 'image': IMAGE})
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        outputs = self.outputs(stack)
+        first = outputs['server_id']
+        self.assertEqual(1, len(outputs['gpus']), outputs['gpus'])
+        self.assert_gpus_match_claim(outputs['gpus'], first)
+        # P100 is Pascal (sm_60): CUDA 13 cannot build for it, the 12.x line is chosen.
+        self.assertRegex(outputs['cuda_version'], r'^12\.\d+$')
+        self.assertRegex(outputs['driver_version'], r'^\d{3}\.\d+(\.\d+)?$')
+        instance = self.heat_demo.resources.get(stack_id, 'instance').attributes
+        self.assertEqual((outputs['driver_version'], outputs['cuda_version']),
+                         (instance['driver_version'], instance['cuda_version']))
+        self.assertRegex(outputs['sample_summary'], r'^(\d+)/\1 passed on 1 GPU\b')
+        self.assertEqual([], [r for r in outputs['sample_results'] if not r['passed']])
+        self.assertEqual({0}, {r['gpu_index'] for r in outputs['sample_results']})
+
+        self.heat_demo.stacks.update(stack_id, existing=True, parameters={'flavor': two.id})
+        stack = self.wait_for_stack(stack_id, 'UPDATE_COMPLETE')
+        outputs = self.outputs(stack)
+        second = outputs['server_id']
+        server = self.admin.compute.get_server(second)
+        self.assertEqual(two.name, server.flavor.name)
+        self.assertEqual(2, len(self.claims(second)), self.claims(second))
+        self.assertEqual({'10de:15f8'}, {pci_id for _, pci_id in self.claims(second)})
+        allocations = self.placement_get('/allocations/%s' % second)['allocations']
+        self.assertEqual(2, sum(a['resources'].get('CUSTOM_PCI_10DE_15F8', 0)
+                                for a in allocations.values()), allocations)
+        # The instance proves CUDA again on the new GPU set, and the samples run on both GPUs.
+        self.assertEqual(2, len(outputs['gpus']), outputs['gpus'])
+        self.assert_gpus_match_claim(outputs['gpus'], second)
+        self.assertRegex(outputs['sample_summary'], r'^(\d+)/\1 passed on 2 GPUs\b')
+        if second != first:
+            self.assert_server_released(first)
+
+        self.delete_stack(stack_id)
+        self.assertRaises(heat_exc.HTTPNotFound, self.heat_demo.stacks.get, stack_id)
+        self.assert_server_released(second)
+        self.assertEqual(images_before, sorted(i.id for i in self.admin.image.images()))
+
+    def test_portable_environment_without_the_plugin(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        fields = template_fields('hot/gpu_instance.yaml', environments=[PORTABLE_ENV])
+        stack_id = self.launch(fields, parameters={'flavor': flavor.id, 'image': IMAGE})
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        outputs = self.outputs(stack)
+        server_id = outputs['server_id']
+        self.assert_gpus_match_claim(outputs['gpus'], server_id)
+        self.assertRegex(outputs['sample_summary'], r'^(\d+)/\1 passed on 1 GPU\b')
+
+        # The OS::GPU::* resources are provider templates (nested stacks of plain HOT): the server
+        # is an OS::Nova::Server inside the instance's nested stack, not the plugin's class.
+        top = {r.resource_name: r for r in self.heat_demo.resources.list(stack_id)}
+        for name in ('instance', 'samples'):
+            self.assertIn('nested', [link['rel'] for link in top[name].links], name)
+        nested = self.heat_demo.resources.list(top['instance'].physical_resource_id)
+        servers = [r for r in nested if r.physical_resource_id == server_id]
+        self.assertEqual(['OS::Nova::Server'], [r.resource_type for r in servers])
+        everything = self.heat_demo.resources.list(stack_id, nested_depth=3)
+        self.assertEqual([], [r.resource_name for r in everything
+                              if r.resource_type.startswith('OS::GPU::')
+                              and 'nested' not in [link['rel'] for link in r.links]])
+        registry = self.heat_demo.stacks.environment(stack_id)['resource_registry']
+        self.assertEqual('providers/cuda_instance.yaml', registry['OS::GPU::CudaInstance'])
+
+    def test_more_gpus_than_any_host_has(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=5)
+        stack_id = self.launch(template_fields('hot/gpu_instance.yaml'),
+                               parameters={'flavor': flavor.id, 'image': IMAGE})
+        stack = self.wait_for_stack(stack_id, 'CREATE_FAILED')
+        reason = stack.stack_status_reason
+        self.assertIn('p100:5', reason)
+        self.assertIn(flavor.name, reason)
+        self.assertIn('No valid host', reason)
+        servers = self.stack_servers(stack_id)
+        self.delete_stack(stack_id)
+        for server_id in servers:
+            self.assert_server_released(server_id)
+
+    def test_bootstrap_failure_reports_reason_and_log(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.launch({'template': BARE_INSTANCE},
+                               parameters={'flavor': flavor.id, 'image': IMAGE,
+                                           'faults': 'package-install-fails'})
+        stack = self.wait_for_stack(stack_id, 'CREATE_FAILED')
+        attributes = self.heat_demo.resources.get(stack_id, 'instance').attributes
+        self.assertEqual('FAILURE', attributes['bootstrap_status'])
+        guest_reason = attributes['failure_reason']
+        self.assertTrue(guest_reason)
+        self.assertNotEqual([], attributes['log_tail'])
+        self.assertIn(guest_reason, stack.stack_status_reason)
+        self.assertIn(attributes['log_tail'][-1], stack.stack_status_reason)
+        failed = [r for r in self.event_reasons(stack_id, 'instance') if guest_reason in r]
+        self.assertNotEqual([], failed)
+        self.assertIn('log lines:', failed[-1])
+        server_id = self.outputs(stack)['server_id'] if stack.outputs else None
+        servers = self.stack_servers(stack_id) or [server_id]
+        self.delete_stack(stack_id)
+        for server in servers:
+            self.assert_server_released(server)
+
+    def test_prebaked_image_skips_the_install(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.launch({'template': BARE_INSTANCE},
+                               parameters={'flavor': flavor.id, 'image': PREBAKED_IMAGE})
+        self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        attributes = self.heat_demo.resources.get(stack_id, 'instance').attributes
+        self.assertEqual('SUCCESS', attributes['bootstrap_status'])
+        phases = attributes['phase_times']
+        self.assertNotIn('reboot', phases)
+        self.assertNotIn('install-driver', phases)
+        events = ' '.join(self.event_reasons(stack_id, 'instance'))
+        self.assertNotIn('phase reboot', events)
+        self.assertIn('preinstalled', events)
+        self.assert_gpus_match_claim(attributes['gpus'], attributes['id'])
