@@ -74,7 +74,7 @@ _SAMPLE_KEYS = ('name', 'gpu_index', 'passed', 'metric', 'unit', 'measured', 'ex
 
 _SHORT = {'h2d_bandwidth': 'H2D', 'd2h_bandwidth': 'D2H', 'd2d_bandwidth': 'D2D',
           'sgemm_throughput': 'SGEMM', 'memory_mib': 'memory', 'max_abs_error': 'max error',
-          'p2p_bandwidth': 'P2P'}
+          'p2p_bandwidth': 'P2P', 'gpu_count': 'GPUs'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,13 +353,15 @@ def _lookup(table: Mapping, gpu_index: int | None, metric: str) -> Any:
 
 def evaluate(output: 'str | bytes | Mapping', *, min_ratio: Any = DEFAULT_MIN_RATIO,
              thresholds: Mapping | None = None, expected: Mapping | None = None,
-             vgpu: bool = False) -> Report:
+             vgpu: bool = False, expected_gpus: int | None = None) -> Report:
     """Parse the runner's output and judge every result.
 
     Expected figures come from *expected* (``{gpu index or "*": {metric: value or {"value",
     "basis"}}}``, as :func:`runner_inputs` makes), else from the catalog model the runner's GPU
     name matches, else from what the runner reported. A result passes when its program ran
     correctly and, where it has an expected figure, ``measured / expected`` reaches its threshold.
+    With *expected_gpus* (the GPUs the instance was given), a run that sees fewer GPUs fails:
+    the missing ones would otherwise go unjudged.
     """
     doc = parse(output)
     ratio_min, checked = validate_thresholds(min_ratio=min_ratio, thresholds=thresholds)
@@ -390,6 +392,14 @@ def evaluate(output: 'str | bytes | Mapping', *, min_ratio: Any = DEFAULT_MIN_RA
         results.append(SampleResult(name=name, gpu_index=gpu_index, passed=passed,
                                     metric=metric, unit=entry['unit'], measured=measured,
                                     expected=value, ratio=ratio, detail=detail))
+    if expected_gpus is not None and len(gpus) < expected_gpus:
+        results.append(SampleResult(
+            name='device_query', gpu_index=None, passed=False, metric='gpu_count', unit='',
+            measured=len(gpus), expected=expected_gpus, ratio=None,
+            detail={'correct': False,
+                    'message': '%d of %d GPUs visible to CUDA; a GPU the instance was given is '
+                               'missing (check nvidia-smi -q and the host\'s PCI passthrough)'
+                               % (len(gpus), expected_gpus)}))
     samples = tuple(results)
     passed = bool(samples) and all(s.passed for s in samples)
     return Report(samples=samples, gpus=gpus, passed=passed,

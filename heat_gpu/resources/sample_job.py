@@ -285,10 +285,13 @@ class SampleJob(_Deployment):
 
     def _evaluate(self, stdout: str) -> Any:
         inputs = self._inputs()
+        facts = self._instance_facts()
         return results.evaluate(stdout, min_ratio=self._min_ratio(),
                                 thresholds=self.properties[self.THRESHOLDS],
                                 expected=json.loads(inputs['HEAT_GPU_EXPECTED']),
-                                vgpu=self._instance_facts().get('gpu_mode') == 'vgpu')
+                                vgpu=facts.get('gpu_mode') == 'vgpu',
+                                expected_gpus=(facts.get('gpu_count')
+                                               or len(facts.get('gpus') or ()) or None))
 
     def _wait(self) -> _JobWait:
         timeout = self._timeout()

@@ -114,6 +114,15 @@ class EvaluateTest(testtools.TestCase):
         self.assertEqual([0, 1], [s.gpu_index for s in report.samples
                                   if s.metric == 'p2p_bandwidth'])
 
+    def test_fewer_gpus_than_the_instance_was_given_fails(self) -> None:
+        self.assertTrue(results.evaluate(json.dumps(P100), expected_gpus=1).passed)
+        report = results.evaluate(json.dumps(P100), expected_gpus=2)
+        self.assertFalse(report.passed)
+        missing = find(report, 'gpu_count', None)
+        self.assertEqual(('device_query', 1, 2), (missing.name, missing.measured,
+                                                  missing.expected))
+        self.assertIn('FAILED: device_query GPUs: 1 of 2 GPUs visible to CUDA', report.summary)
+
     def test_slow_link_fails_min_ratio_and_thresholds_override(self) -> None:
         doc = copy.deepcopy(P100)
         doc['samples'][2]['measured'] = 7.1
