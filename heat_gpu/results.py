@@ -360,8 +360,8 @@ def evaluate(output: 'str | bytes | Mapping', *, min_ratio: Any = DEFAULT_MIN_RA
     "basis"}}}``, as :func:`runner_inputs` makes), else from the catalog model the runner's GPU
     name matches, else from what the runner reported. A result passes when its program ran
     correctly and, where it has an expected figure, ``measured / expected`` reaches its threshold.
-    With *expected_gpus* (the GPUs the instance was given), a run that sees fewer GPUs fails:
-    the missing ones would otherwise go unjudged.
+    With *expected_gpus* (the GPUs the instance was given), a run whose device query worked but
+    saw fewer GPUs fails: the missing ones would otherwise go unjudged.
     """
     doc = parse(output)
     ratio_min, checked = validate_thresholds(min_ratio=min_ratio, thresholds=thresholds)
@@ -392,7 +392,8 @@ def evaluate(output: 'str | bytes | Mapping', *, min_ratio: Any = DEFAULT_MIN_RA
         results.append(SampleResult(name=name, gpu_index=gpu_index, passed=passed,
                                     metric=metric, unit=entry['unit'], measured=measured,
                                     expected=value, ratio=ratio, detail=detail))
-    if expected_gpus is not None and len(gpus) < expected_gpus:
+    queried = any(r.name == 'device_query' and r.detail.get('correct') for r in results)
+    if expected_gpus is not None and queried and len(gpus) < expected_gpus:
         results.append(SampleResult(
             name='device_query', gpu_index=None, passed=False, metric='gpu_count', unit='',
             measured=len(gpus), expected=expected_gpus, ratio=None,
