@@ -44,6 +44,11 @@ LOG = logging.getLogger(__name__)
 FLAVOR_TYPE = 'OS::GPU::Flavor'
 POLICY_RULE = 'rule:project_admin'
 POLICY_LINE = '"resource_types:%s": "%s"' % (FLAVOR_TYPE, POLICY_RULE)
+#: Why the line alone is not enough (seen on heat 26.0.2: a demo user passed heat's check).
+POLICY_NOTE = (
+    '# heat 26 (2026.1) checks resource types only against rules registered in its code, so this\n'
+    '# policy.yaml line has no effect there; OS::GPU::Flavor itself refuses users who are not\n'
+    '# admins (heat\'s context_is_admin rule), and nova allows flavor creation to admins only.')
 LINK_NAME = 'heat_gpu'
 
 EXIT_OK = 0
@@ -578,6 +583,7 @@ def run(argv: Sequence[str], *, out: TextIO = sys.stdout, err: TextIO = sys.stde
                 print('linked %s -> %s' % (link, plugin_dir()), file=out)
             return EXIT_OK
         if args.command == 'policy':
+            print(POLICY_NOTE, file=out)
             print(POLICY_LINE, file=out)
             return EXIT_OK
         if args.command == 'operator-config':

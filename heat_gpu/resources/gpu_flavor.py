@@ -40,11 +40,12 @@ class GpuFlavor(resource.Resource):
     swap), the name and the visibility cannot change on a nova flavor, so changing them replaces
     the flavor; GPU properties, extra specs and tenants are updated in place.
 
-    Admin only: nova refuses flavor creation to other users. The flavor is private by default and
-    shared with ``tenants`` (or with the stack's project when the list is empty). Operators should
-    restrict the resource type in heat's policy file with
-    ``"resource_types:OS::GPU::Flavor": "rule:project_admin"``, because a plugin cannot register
-    policy defaults. The compute hosts need IOMMU, vfio-pci, ``[pci] device_spec``, ``[pci] alias``
+    Admin only: a user who is not an admin (heat's ``context_is_admin`` rule) is refused when the
+    stack is validated, before anything is created; nova refuses flavor creation to other users
+    anyway. (A ``resource_types:OS::GPU::Flavor`` line in heat's policy file is not enough: heat
+    checks resource types only against rules it registers in its own code.) The flavor is private
+    by default and shared with ``tenants`` (or with the stack's project when the list is empty).
+    The compute hosts need IOMMU, vfio-pci, ``[pci] device_spec``, ``[pci] alias``
     and the ``PciPassthroughFilter`` for passthrough, or enabled mdev types for vGPU.
     """
 
@@ -231,6 +232,13 @@ class GpuFlavor(resource.Resource):
 
     def validate(self):
         super().validate()
+        if not self.context.is_admin:
+            raise exception.StackValidationFailed(message=_(
+                '%(type)s "%(name)s": only cloud administrators may create flavors (user %(user)s '
+                'is not an admin). Ask your operator for a GPU flavor, or use an existing one: '
+                'openstack flavor list --long shows their pci_passthrough:alias extra specs.')
+                % {'type': self.type(), 'name': self.name,
+                   'user': self.context.username or self.context.user_id})
         self._extra_specs(self.properties)
 
     def handle_create(self):

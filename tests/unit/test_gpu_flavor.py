@@ -94,12 +94,13 @@ class GpuFlavorTestBase(common.HeatTestCase):
         self.patchobject(keystone.KeystoneClientPlugin, 'get_project_id',
                          side_effect=lambda name: name if name.startswith('id-') else 'id-' + name)
 
-    def make(self, text=FLAVOR_TEMPLATE, **props):
+    def make(self, text=FLAVOR_TEMPLATE, *, admin=True, **props):
         tmpl = template_format.parse(text)
         tmpl['resources']['flavor']['properties'].update(props)
         for key in [k for k, v in props.items() if v is None]:
             del tmpl['resources']['flavor']['properties'][key]
         self.stack = utils.parse_stack(tmpl)
+        self.stack.context.is_admin = admin
         rsrc = self.stack['flavor']
         self.patchobject(rsrc, 'client', return_value=self.nova)
         return rsrc
@@ -328,3 +329,16 @@ class GpuFlavorValidateTest(GpuFlavorTestBase):
         for text in self.expect:
             self.assertIn(text, message)
         self.nova.flavors.create.assert_not_called()
+
+
+class GpuFlavorAdminOnlyTest(GpuFlavorTestBase):
+
+    def test_non_admin_is_refused_before_anything_is_created(self):
+        rsrc = self.make(admin=False)
+        exc = self.assertRaises(exception.StackValidationFailed, rsrc.validate)
+        self.assertIn('only cloud administrators may create flavors', str(exc))
+        self.assertIn('is not an admin', str(exc))
+        self.nova.flavors.create.assert_not_called()
+
+    def test_admin_passes(self):
+        self.assertIsNone(self.make(admin=True).validate())
