@@ -44,6 +44,10 @@ SAMPLE_NAMES = SAMPLES
 
 #: The CUDA sources and the runner script, shipped as package data.
 SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'samples')
+#: The header every sample program includes (``#include "sample_common.cuh"``).
+SAMPLE_HEADER = 'sample_common.cuh'
+#: The files in SAMPLES_DIR the runner compiles: one source per sample and the shared header.
+SAMPLE_SOURCES = tuple(name + '.cu' for name in SAMPLES) + (SAMPLE_HEADER,)
 _HEREDOC_END = 'HEAT_GPU_SAMPLE_EOF'
 
 #: sample -> its metrics and their units, in the order the runner reports them.
@@ -311,7 +315,7 @@ def runner_inputs(*, samples: Iterable[str] | None = None, min_ratio: float = DE
 def runner_script() -> str:
     """The ``script`` config a SampleJob deploys: the runner and the program sources in one file.
 
-    It writes the sources to ``$HEAT_GPU_WORK_DIR/src`` (default
+    It writes the sources and their shared header to ``$HEAT_GPU_WORK_DIR/src`` (default
     ``/var/lib/heat-gpu/samples/src`` under ``HEAT_GPU_ROOT``) and runs ``run-samples.sh`` from
     there, so the guest needs nothing of heat-gpu beyond the agent.
     """
@@ -322,8 +326,7 @@ def runner_script() -> str:
              ': "${HEAT_GPU_WORK_DIR:=$HEAT_GPU_ROOT/var/lib/heat-gpu/samples}"',
              'src=$HEAT_GPU_WORK_DIR/src',
              'mkdir -p "$src"']
-    for name in SAMPLES + ('run-samples',):
-        filename = name + ('.sh' if name == 'run-samples' else '.cu')
+    for filename in SAMPLE_SOURCES + ('run-samples.sh',):
         with open(os.path.join(SAMPLES_DIR, filename), encoding='utf-8') as stream:
             text = stream.read()
         if _HEREDOC_END in text.splitlines():

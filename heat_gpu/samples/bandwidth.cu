@@ -12,42 +12,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include "sample_common.cuh"
+
 namespace {
-
-std::string json_string(const std::string &text) {
-    std::string out = "\"";
-    for (const char ch : text) {
-        const unsigned char c = static_cast<unsigned char>(ch);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-        } else {
-            out += ch;
-        }
-    }
-    return out + "\"";
-}
-
-std::string cuda_error(const char *what, cudaError_t err) {
-    return std::string(what) + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
-}
-
-long env_long(const char *name, long fallback) {
-    const char *text = std::getenv(name);
-    if (text == nullptr || *text == '\0') {
-        return fallback;
-    }
-    const long value = std::strtol(text, nullptr, 10);
-    return value > 0 ? value : fallback;
-}
 
 // Times `reps` copies of `bytes` after one untimed warm-up copy; returns GB/s of `factor` x bytes.
 cudaError_t timed_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, int reps,
@@ -68,8 +38,7 @@ cudaError_t timed_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
     if (err == cudaSuccess) {
         *gbps = ms > 0.0f ? factor * bytes * reps / (ms / 1e3) / 1e9 : 0.0;
     }
-    if (start != nullptr) { cudaEventDestroy(start); }
-    if (stop != nullptr) { cudaEventDestroy(stop); }
+    release(start, stop);
     return err;
 }
 
@@ -94,9 +63,7 @@ Outcome run_on(int device, size_t bytes, int reps) {
     if (err != cudaSuccess) {
         out.error = cuda_error(step, err);
     }
-    if (stream != nullptr) { cudaStreamDestroy(stream); }
-    cudaFree(dev_a);
-    cudaFree(dev_b);
+    release(stream, dev_a, dev_b);
     cudaFreeHost(host);
     return out;
 }
@@ -104,32 +71,14 @@ Outcome run_on(int device, size_t bytes, int reps) {
 }  // namespace
 
 int main() {
-    const size_t bytes = static_cast<size_t>(env_long("HEAT_GPU_BANDWIDTH_MIB", 64)) << 20;
-    const int reps = static_cast<int>(env_long("HEAT_GPU_BANDWIDTH_REPS", 20));
-    int count = 0;
-    const cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        const std::string why = err != cudaSuccess ? cuda_error("cudaGetDeviceCount", err)
-                                                   : std::string("no CUDA device visible");
-        std::printf("{\"program\": \"bandwidth\", \"error\": %s, \"results\": []}\n",
-                    json_string(why).c_str());
-        return 1;
-    }
-    int failures = 0;
-    std::string results;
-    for (int i = 0; i < count; ++i) {
+    const size_t bytes = env_mib("HEAT_GPU_BANDWIDTH_MIB", 64);
+    const int reps = env_int("HEAT_GPU_BANDWIDTH_REPS", 20);
+    return run_each_gpu("bandwidth", [bytes, reps](int i, EntryLine &line) {
         const Outcome o = run_on(i, bytes, reps);
-        char line[1024];
         std::snprintf(line, sizeof(line),
-                      "%s{\"gpu_index\": %d, \"bytes\": %zu, \"repetitions\": %d, "
-                      "\"pinned\": true, \"h2d_gbps\": %.2f, \"d2h_gbps\": %.2f, "
-                      "\"d2d_gbps\": %.2f, \"error\": %s}",
-                      i == 0 ? "" : ", ", i, bytes, reps, o.h2d, o.d2h, o.d2d,
-                      o.error.empty() ? "null" : json_string(o.error).c_str());
-        results += line;
-        failures += o.error.empty() ? 0 : 1;
-    }
-    std::printf("{\"program\": \"bandwidth\", \"error\": null, \"results\": [%s]}\n",
-                results.c_str());
-    return failures == 0 ? 0 : 1;
+                      "{\"gpu_index\": %d, \"bytes\": %zu, \"repetitions\": %d, \"pinned\": true, "
+                      "\"h2d_gbps\": %.2f, \"d2h_gbps\": %.2f, \"d2d_gbps\": %.2f, \"error\": %s}",
+                      i, bytes, reps, o.h2d, o.d2h, o.d2d, json_string_or_null(o.error).c_str());
+        return o.error.empty();
+    });
 }

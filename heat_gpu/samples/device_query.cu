@@ -13,29 +13,9 @@
 #include <cstdio>
 #include <string>
 
+#include "sample_common.cuh"
+
 namespace {
-
-std::string json_string(const char *text) {
-    std::string out = "\"";
-    for (const char *p = text; *p != '\0'; ++p) {
-        const unsigned char c = static_cast<unsigned char>(*p);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += static_cast<char>(c);
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-        } else {
-            out += static_cast<char>(c);
-        }
-    }
-    return out + "\"";
-}
-
-std::string cuda_error(cudaError_t err) {
-    return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
-}
 
 std::string format_uuid(const cudaUUID_t &uuid) {
     // The same text nvidia-smi prints: GPU-8-4-4-4-12 hex digits.
@@ -115,7 +95,7 @@ int main() {
         std::printf("{\"program\": \"device_query\", \"cuda_driver_version\": %d, "
                     "\"cuda_runtime_version\": %d, \"nvml\": false, \"error\": %s, "
                     "\"results\": []}\n",
-                    driver_version, runtime_version, json_string(cuda_error(err).c_str()).c_str());
+                    driver_version, runtime_version, json_string(cuda_error(err)).c_str());
         return 1;
     }
 
@@ -179,12 +159,12 @@ int main() {
             i == 0 ? "" : ", ", i, json_string(prop.name).c_str(), prop.major, prop.minor,
             static_cast<unsigned long long>(prop.totalGlobalMem >> 20), prop.multiProcessorCount,
             mem_clock_khz, bus_width_bits, mem_gbps, json_string(bus_id).c_str(),
-            json_string(format_uuid(prop.uuid).c_str()).c_str(),
+            json_string(format_uuid(prop.uuid)).c_str(),
             prop.ECCEnabled ? "true" : "false", json_uint_or_null(k_max_gen, max_gen).c_str(),
             json_uint_or_null(k_max_width, max_width).c_str(),
             json_uint_or_null(k_cur_gen, cur_gen).c_str(),
             json_uint_or_null(k_cur_width, cur_width).c_str(), usable ? "true" : "false",
-            error.empty() ? "null" : json_string(error.c_str()).c_str());
+            json_string_or_null(error).c_str());
         results += line;
         if (!usable) {
             ++failures;

@@ -14,41 +14,15 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
+
+#include "sample_common.cuh"
 
 namespace {
 
 constexpr int kCheckN = 97;
 constexpr double kCheckTolerance = 1e-4;
-
-std::string json_string(const std::string &text) {
-    std::string out = "\"";
-    for (const char ch : text) {
-        const unsigned char c = static_cast<unsigned char>(ch);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-        } else {
-            out += ch;
-        }
-    }
-    return out + "\"";
-}
-
-long env_long(const char *name, long fallback) {
-    const char *text = std::getenv(name);
-    if (text == nullptr || *text == '\0') {
-        return fallback;
-    }
-    const long value = std::strtol(text, nullptr, 10);
-    return value > 0 ? value : fallback;
-}
 
 // Deterministic values in [-1, 1) from an index, the same on host and device.
 __host__ __device__ float pattern(size_t i, unsigned int seed) {
@@ -60,25 +34,18 @@ __host__ __device__ float pattern(size_t i, unsigned int seed) {
 }
 
 __global__ void fill(float *m, size_t n, unsigned int seed) {
-    const size_t stride = static_cast<size_t>(blockDim.x) * gridDim.x;
-    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    for (size_t i = grid_first(); i < n; i += grid_stride()) {
         m[i] = pattern(i, seed);
     }
 }
 
 struct Outcome {
     bool correct = false;
-    double max_rel_error = 0.0;
-    double tflops = 0.0;
-    double ms_per_product = 0.0;
+    double max_rel_error = 0.0, tflops = 0.0, ms_per_product = 0.0;
     std::string error;
 };
 
-std::string describe(const char *step, cudaError_t err) {
-    return std::string(step) + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
-}
-
-std::string describe(const char *step, cublasStatus_t status) {
+std::string cublas_error(const char *step, cublasStatus_t status) {
     return std::string(step) + ": cuBLAS status " + std::to_string(static_cast<int>(status));
 }
 
@@ -96,18 +63,18 @@ bool check_small(cublasHandle_t handle, float *a, float *b, float *c, Outcome *o
     fill<<<64, 256>>>(b, elems, 23u);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) {
-        out->error = describe("fill", err);
+        out->error = cuda_error("fill", err);
         return false;
     }
     const cublasStatus_t status = sgemm(handle, n, a, b, c);
     if (status != CUBLAS_STATUS_SUCCESS) {
-        out->error = describe("cublasSgemm (check)", status);
+        out->error = cublas_error("cublasSgemm (check)", status);
         return false;
     }
     std::vector<float> got(elems);
     err = cudaMemcpy(got.data(), c, elems * sizeof(float), cudaMemcpyDeviceToHost);
     if (err != cudaSuccess) {
-        out->error = describe("cudaMemcpy (check)", err);
+        out->error = cuda_error("cudaMemcpy (check)", err);
         return false;
     }
     double worst = 0.0;
@@ -139,12 +106,12 @@ Outcome run_on(int device, int n, int reps) {
     const size_t elems = static_cast<size_t>(n) * n;
     cudaError_t err = cudaSetDevice(device);
     if (err != cudaSuccess) {
-        out.error = describe("cudaSetDevice", err);
+        out.error = cuda_error("cudaSetDevice", err);
         return out;
     }
     cublasStatus_t status = cublasCreate(&handle);
     if (status != CUBLAS_STATUS_SUCCESS) {
-        out.error = describe("cublasCreate", status);
+        out.error = cublas_error("cublasCreate", status);
         return out;
     }
     status = cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
@@ -153,9 +120,9 @@ Outcome run_on(int device, int n, int reps) {
     if (err == cudaSuccess) { err = cudaMalloc(&b, elems * sizeof(float)); }
     if (err == cudaSuccess) { err = cudaMalloc(&c, elems * sizeof(float)); }
     if (err != cudaSuccess) {
-        out.error = describe(step, err);
+        out.error = cuda_error(step, err);
     } else if (status != CUBLAS_STATUS_SUCCESS) {
-        out.error = describe("cublasSetMathMode", status);
+        out.error = cublas_error("cublasSetMathMode", status);
     } else if (check_small(handle, a, b, c, &out)) {
         fill<<<1024, 256>>>(a, elems, 3u);
         fill<<<1024, 256>>>(b, elems, 5u);
@@ -172,19 +139,15 @@ Outcome run_on(int device, int n, int reps) {
         float ms = 0.0f;
         if (err == cudaSuccess) { err = cudaEventElapsedTime(&ms, start, stop); }
         if (status != CUBLAS_STATUS_SUCCESS) {
-            out.error = describe("cublasSgemm", status);
+            out.error = cublas_error("cublasSgemm", status);
         } else if (err != cudaSuccess) {
-            out.error = describe("timed SGEMM", err);
+            out.error = cuda_error("timed SGEMM", err);
         } else if (ms > 0.0f) {
             out.ms_per_product = ms / reps;
             out.tflops = 2.0 * n * static_cast<double>(n) * n * reps / (ms / 1e3) / 1e12;
         }
     }
-    if (start != nullptr) { cudaEventDestroy(start); }
-    if (stop != nullptr) { cudaEventDestroy(stop); }
-    cudaFree(a);
-    cudaFree(b);
-    cudaFree(c);
+    release(start, stop, a, b, c);
     cublasDestroy(handle);
     return out;
 }
@@ -192,33 +155,15 @@ Outcome run_on(int device, int n, int reps) {
 }  // namespace
 
 int main() {
-    const int n = static_cast<int>(env_long("HEAT_GPU_GEMM_N", 4096));
-    const int reps = static_cast<int>(env_long("HEAT_GPU_GEMM_REPS", 10));
-    int count = 0;
-    const cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        const std::string why = err != cudaSuccess ? describe("cudaGetDeviceCount", err)
-                                                   : std::string("no CUDA device visible");
-        std::printf("{\"program\": \"gemm\", \"error\": %s, \"results\": []}\n",
-                    json_string(why).c_str());
-        return 1;
-    }
-    int failures = 0;
-    std::string results;
-    for (int i = 0; i < count; ++i) {
+    const int n = env_int("HEAT_GPU_GEMM_N", 4096), reps = env_int("HEAT_GPU_GEMM_REPS", 10);
+    return run_each_gpu("gemm", [n, reps](int i, EntryLine &line) {
         const Outcome o = run_on(i, n, reps);
-        const bool ok = o.correct && o.error.empty();
-        char line[1024];
         std::snprintf(line, sizeof(line),
-                      "%s{\"gpu_index\": %d, \"n\": %d, \"repetitions\": %d, \"check_n\": %d, "
+                      "{\"gpu_index\": %d, \"n\": %d, \"repetitions\": %d, \"check_n\": %d, "
                       "\"max_rel_error\": %.3g, \"correct\": %s, \"ms_per_product\": %.3f, "
                       "\"tflops\": %.3f, \"error\": %s}",
-                      i == 0 ? "" : ", ", i, n, reps, kCheckN, o.max_rel_error,
-                      o.correct ? "true" : "false", o.ms_per_product, o.tflops,
-                      o.error.empty() ? "null" : json_string(o.error).c_str());
-        results += line;
-        failures += ok ? 0 : 1;
-    }
-    std::printf("{\"program\": \"gemm\", \"error\": null, \"results\": [%s]}\n", results.c_str());
-    return failures == 0 ? 0 : 1;
+                      i, n, reps, kCheckN, o.max_rel_error, o.correct ? "true" : "false",
+                      o.ms_per_product, o.tflops, json_string_or_null(o.error).c_str());
+        return o.correct && o.error.empty();
+    });
 }

@@ -12,42 +12,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "sample_common.cuh"
+
 namespace {
-
-std::string json_string(const std::string &text) {
-    std::string out = "\"";
-    for (const char ch : text) {
-        const unsigned char c = static_cast<unsigned char>(ch);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-        } else {
-            out += ch;
-        }
-    }
-    return out + "\"";
-}
-
-std::string cuda_error(const char *what, cudaError_t err) {
-    return std::string(what) + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
-}
-
-long env_long(const char *name, long fallback) {
-    const char *text = std::getenv(name);
-    if (text == nullptr || *text == '\0') {
-        return fallback;
-    }
-    const long value = std::strtol(text, nullptr, 10);
-    return value > 0 ? value : fallback;
-}
 
 struct Outcome {
     bool peer_access = false;
@@ -97,9 +67,7 @@ Outcome copy_pair(int src, int dst, const std::vector<void *> &bufs, size_t byte
     if (err != cudaSuccess) {
         out.error = cuda_error(step, err);
     }
-    if (start != nullptr) { cudaEventDestroy(start); }
-    if (stop != nullptr) { cudaEventDestroy(stop); }
-    if (stream != nullptr) { cudaStreamDestroy(stream); }
+    release(start, stop, stream);
     if (out.peer_access) {
         cudaSetDevice(src);
         cudaDeviceDisablePeerAccess(dst);
@@ -110,13 +78,9 @@ Outcome copy_pair(int src, int dst, const std::vector<void *> &bufs, size_t byte
 }  // namespace
 
 int main() {
-    const size_t bytes = static_cast<size_t>(env_long("HEAT_GPU_P2P_MIB", 64)) << 20;
-    const int reps = static_cast<int>(env_long("HEAT_GPU_P2P_REPS", 10));
-    int count = 0;
-    cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        const std::string why = err != cudaSuccess ? cuda_error("cudaGetDeviceCount", err)
-                                                   : std::string("no CUDA device visible");
+    std::string why;
+    const int count = visible_devices(&why);
+    if (count == 0) {
         std::printf("{\"program\": \"p2p\", \"status\": \"error\", \"gpu_count\": 0, "
                     "\"error\": %s, \"results\": []}\n", json_string(why).c_str());
         return 1;
@@ -127,10 +91,12 @@ int main() {
                     "\"results\": []}\n", count, count);
         return 0;
     }
+    const size_t bytes = env_mib("HEAT_GPU_P2P_MIB", 64);
+    const int reps = env_int("HEAT_GPU_P2P_REPS", 10);
     std::vector<void *> bufs(count, nullptr);
     std::string setup_error;
     for (int i = 0; i < count && setup_error.empty(); ++i) {
-        err = cudaSetDevice(i);
+        cudaError_t err = cudaSetDevice(i);
         if (err == cudaSuccess) { err = cudaMalloc(&bufs[i], bytes); }
         if (err != cudaSuccess) {
             setup_error = cuda_error("cudaMalloc", err) + " on GPU " + std::to_string(i);
@@ -150,7 +116,7 @@ int main() {
                           "\"bytes\": %zu, \"repetitions\": %d, \"gbps\": %.2f, \"error\": %s}",
                           results.empty() ? "" : ", ", src, dst,
                           o.peer_access ? "true" : "false", bytes, reps, o.gbps,
-                          o.error.empty() ? "null" : json_string(o.error).c_str());
+                          json_string_or_null(o.error).c_str());
             results += line;
             failures += o.error.empty() ? 0 : 1;
         }
@@ -163,6 +129,6 @@ int main() {
     }
     std::printf("{\"program\": \"p2p\", \"status\": \"ran\", \"gpu_count\": %d, \"error\": %s, "
                 "\"results\": [%s]}\n", count,
-                setup_error.empty() ? "null" : json_string(setup_error).c_str(), results.c_str());
+                json_string_or_null(setup_error).c_str(), results.c_str());
     return (failures == 0 && setup_error.empty()) ? 0 : 1;
 }

@@ -17,8 +17,8 @@
 #   HEAT_GPU_SAMPLES        names, separated by spaces or commas (default: all)
 #   HEAT_GPU_MIN_RATIO      0..1; HEAT_GPU_THRESHOLDS / HEAT_GPU_EXPECTED: JSON as above
 # Paths and commands (for tests and unusual images):
-#   HEAT_GPU_ROOT (prefix of every absolute path), HEAT_GPU_SAMPLES_DIR (the .cu sources; default:
-#   beside this script), HEAT_GPU_WORK_DIR (build and output files), NVCC, HEAT_GPU_CUDA_ARCH
+#   HEAT_GPU_ROOT (prefix of every absolute path), HEAT_GPU_SAMPLES_DIR (the .cu sources and the
+#   sample_common.cuh header they include; default: beside this script), HEAT_GPU_WORK_DIR (build and output files), NVCC, HEAT_GPU_CUDA_ARCH
 #   (e.g. "80" or "70 80"; default: detected with nvidia-smi), HEAT_GPU_SAMPLE_TIMEOUT (seconds
 #   per program), PYTHON (assembles the JSON; the standard library is enough).
 set -eu -o pipefail
@@ -411,10 +411,12 @@ arch_flags() {
     fi
 }
 
-# Compile one program unless an up-to-date build (same source, flags and compiler) exists.
+# Compile one program unless an up-to-date build (same source and header, flags and compiler)
+# exists. The programs include sample_common.cuh from the sources directory.
 build() {
-    local name=$1 nvcc=$2 flags=$3 src libs=() key toolkit
+    local name=$1 nvcc=$2 flags=$3 src header libs=() key toolkit
     src=$HEAT_GPU_SAMPLES_DIR/$name.cu
+    header=$HEAT_GPU_SAMPLES_DIR/sample_common.cuh
     toolkit=$(cd "$(dirname "$nvcc")/.." && pwd)
     case "$name" in
         # A runfile install does not add the toolkit's libraries to ld.so.conf: record the path.
@@ -426,8 +428,8 @@ build() {
         echo compile-failed > "$work/$name.status"
         return 0
     fi
-    key=$( { sha256sum < "$src"; echo "$flags ${libs[*]}"; "$nvcc" --version 2>&1 | tail -n1; } \
-        | sha256sum | cut -d' ' -f1)
+    key=$( { sha256sum < "$src"; [ ! -f "$header" ] || sha256sum < "$header"
+        echo "$flags ${libs[*]}"; "$nvcc" --version 2>&1 | tail -n1; } | sha256sum | cut -d' ' -f1)
     if [ -x "$work/bin/$name" ] && [ "$(cat "$work/bin/$name.key" 2>/dev/null)" = "$key" ]; then
         log "$name: up to date"
         echo built > "$work/$name.status"
@@ -436,7 +438,8 @@ build() {
     log "$name: compiling ($flags)"
     rm -f "$work/bin/$name" "$work/bin/$name.key"
     # shellcheck disable=SC2086 # flags are separate words
-    if "$nvcc" -O2 -std=c++17 $flags -o "$work/bin/$name" "$src" "${libs[@]}" \
+    if "$nvcc" -O2 -std=c++17 $flags -I "$HEAT_GPU_SAMPLES_DIR" -o "$work/bin/$name" "$src" \
+        "${libs[@]}" \
         > "$work/$name.build.log" 2>&1; then
         echo "$key" > "$work/bin/$name.key"
         echo built > "$work/$name.status"

@@ -11,46 +11,15 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "sample_common.cuh"
+
 namespace {
 
-std::string json_string(const std::string &text) {
-    std::string out = "\"";
-    for (const char ch : text) {
-        const unsigned char c = static_cast<unsigned char>(ch);
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-        } else {
-            out += ch;
-        }
-    }
-    return out + "\"";
-}
-
-std::string cuda_error(const char *what, cudaError_t err) {
-    return std::string(what) + ": " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
-}
-
-long env_long(const char *name, long fallback) {
-    const char *text = std::getenv(name);
-    if (text == nullptr || *text == '\0') {
-        return fallback;
-    }
-    const long value = std::strtol(text, nullptr, 10);
-    return value > 0 ? value : fallback;
-}
-
 __global__ void add(const float *a, const float *b, float *c, size_t n) {
-    const size_t stride = static_cast<size_t>(blockDim.x) * gridDim.x;
-    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    for (size_t i = grid_first(); i < n; i += grid_stride()) {
         c[i] = a[i] + b[i];
     }
 }
@@ -106,11 +75,7 @@ Outcome run_on(int device, size_t n) {
     } else {
         out.error = cuda_error(step, err);
     }
-    if (start != nullptr) { cudaEventDestroy(start); }
-    if (stop != nullptr) { cudaEventDestroy(stop); }
-    cudaFree(da);
-    cudaFree(db);
-    cudaFree(dc);
+    release(start, stop, da, db, dc);
     return out;
 }
 
@@ -118,30 +83,13 @@ Outcome run_on(int device, size_t n) {
 
 int main() {
     const size_t n = static_cast<size_t>(env_long("HEAT_GPU_VECTOR_ELEMENTS", 1L << 24));
-    int count = 0;
-    const cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        const std::string why = err != cudaSuccess ? cuda_error("cudaGetDeviceCount", err)
-                                                   : std::string("no CUDA device visible");
-        std::printf("{\"program\": \"vector_add\", \"error\": %s, \"results\": []}\n",
-                    json_string(why).c_str());
-        return 1;
-    }
-    int failures = 0;
-    std::string results;
-    for (int i = 0; i < count; ++i) {
+    return run_each_gpu("vector_add", [n](int i, EntryLine &line) {
         const Outcome o = run_on(i, n);
-        char line[1024];
         std::snprintf(line, sizeof(line),
-                      "%s{\"gpu_index\": %d, \"elements\": %zu, \"mismatches\": %zu, "
+                      "{\"gpu_index\": %d, \"elements\": %zu, \"mismatches\": %zu, "
                       "\"max_abs_error\": %.9g, \"kernel_ms\": %.3f, \"correct\": %s, \"error\": %s}",
-                      i == 0 ? "" : ", ", i, n, o.mismatches, o.max_abs_error, o.kernel_ms,
-                      o.ok ? "true" : "false",
-                      o.error.empty() ? "null" : json_string(o.error).c_str());
-        results += line;
-        failures += o.ok ? 0 : 1;
-    }
-    std::printf("{\"program\": \"vector_add\", \"error\": null, \"results\": [%s]}\n",
-                results.c_str());
-    return failures == 0 ? 0 : 1;
+                      i, n, o.mismatches, o.max_abs_error, o.kernel_ms, o.ok ? "true" : "false",
+                      json_string_or_null(o.error).c_str());
+        return o.ok;
+    });
 }

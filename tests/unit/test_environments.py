@@ -342,6 +342,10 @@ class TestSampleJobProvider(testtools.TestCase):
         for name in sources:
             self.assertEqual({'get_file': '../../heat_gpu/samples/%s.cu' % name},
                              values['HEAT_GPU_SRC_%s' % name])
+        # The header the sources include travels with them.
+        self.assertEqual({'HEAT_GPU_HDR_sample_common':
+                          {'get_file': '../../heat_gpu/samples/sample_common.cuh'}},
+                         {n: v for n, v in values.items() if n.startswith('HEAT_GPU_HDR_')})
         self.assertEqual(values['HEAT_GPU_SAMPLES_DIR'],
                          res['deployment']['properties']['input_values']['HEAT_GPU_SAMPLES_DIR'])
         self.assertEqual('sources_deployment', res['deployment']['depends_on'])
@@ -349,14 +353,17 @@ class TestSampleJobProvider(testtools.TestCase):
     def test_write_samples_script(self):
         root = self.useFixture(fixtures.TempDir()).path
         env = dict(os.environ, HEAT_GPU_ROOT=root, HEAT_GPU_SAMPLES_DIR='/src',
-                   HEAT_GPU_SRC_gemm='int main() { return 0; }', HEAT_GPU_SRC_p2p='// p2p')
+                   HEAT_GPU_SRC_gemm='int main() { return 0; }', HEAT_GPU_SRC_p2p='// p2p',
+                   HEAT_GPU_HDR_sample_common='#pragma once')
         script = os.path.join(PROVIDERS, 'files', 'write-samples.sh')
         proc = subprocess.run(['bash', script], env=env, capture_output=True, text=True,
                               timeout=60, check=False)
         self.assertEqual(0, proc.returncode, proc.stderr)
-        self.assertEqual(['gemm.cu', 'p2p.cu'], sorted(os.listdir(os.path.join(root, 'src'))))
+        self.assertEqual(['gemm.cu', 'p2p.cu', 'sample_common.cuh'],
+                         sorted(os.listdir(os.path.join(root, 'src'))))
         self.assertEqual('int main() { return 0; }\n', read(os.path.join(root, 'src', 'gemm.cu')))
-        env = {k: v for k, v in env.items() if not k.startswith('HEAT_GPU_SRC_')}
+        self.assertEqual('#pragma once\n', read(os.path.join(root, 'src', 'sample_common.cuh')))
+        env = {k: v for k, v in env.items() if not k.startswith(('HEAT_GPU_SRC_', 'HEAT_GPU_HDR_'))}
         proc = subprocess.run(['bash', script], env=env, capture_output=True, text=True,
                               timeout=60, check=False)
         self.assertEqual(1, proc.returncode)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -27,6 +28,7 @@ from heat_gpu import catalog
 from heat_gpu import results
 from tests.unit import guest_sandbox as sandbox
 from tests.unit.test_samples_compile import format_keys
+from tests.unit.test_samples_compile import program_source
 
 gpusim = sandbox.gpusim
 
@@ -222,6 +224,32 @@ class TestGpusim(testtools.TestCase):
         self.assertEqual(1, r.returncode)
         self.assertIn("Unsupported gpu architecture 'compute_60'", r.stderr)
 
+    def test_nvcc_finds_the_header_the_samples_include(self) -> None:
+        self.guest(devices=[sandbox.P100], prebaked=True)
+        nvcc = os.path.join(self.root, 'usr/local/cuda-12.8/bin/nvcc')
+        src_dir = os.path.join(self.root, 'src')
+        os.makedirs(src_dir)
+        src = os.path.join(src_dir, 'vector_add.cu')
+        shutil.copy(os.path.join(results.SAMPLES_DIR, 'vector_add.cu'), src)
+        out = os.path.join(self.root, 'vector_add')
+        # Without the header beside the source or on the include path: the preprocessor's error.
+        r = self.run_cmd(nvcc, '-arch=sm_60', '-o', out, src)
+        self.assertEqual(1, r.returncode)
+        self.assertIn('fatal error: %s: No such file or directory' % results.SAMPLE_HEADER,
+                      r.stderr)
+        self.assertFalse(os.path.exists(out))
+        # On the include path (-I DIR), or beside the source, it builds the sample program.
+        shutil.copy(os.path.join(results.SAMPLES_DIR, results.SAMPLE_HEADER), self.root)
+        r = self.run_cmd(nvcc, '-arch=sm_60', '-I', self.root, '-o', out, src)
+        self.assertEqual(0, r.returncode, r.stderr)
+        self.assertEqual('vector_add', json.loads(self.run_cmd(out).stdout)['program'])
+        os.rename(os.path.join(self.root, results.SAMPLE_HEADER),
+                  os.path.join(src_dir, results.SAMPLE_HEADER))
+        self.assertEqual(0, self.run_cmd(nvcc, '-arch=sm_60', '-o', out, src).returncode)
+        # The header is no program of its own; the source is one by its marker line.
+        self.assertIsNone(gpusim._sample_program(os.path.join(src_dir, results.SAMPLE_HEADER)))
+        self.assertEqual('vector_add', gpusim._sample_program(src))
+
     def test_systemctl_runs_units_in_the_background(self) -> None:
         self.guest()
         unit_dir = os.path.join(self.root, 'etc/systemd/system')
@@ -287,9 +315,8 @@ class TestGpusimSamplePrograms(testtools.TestCase):
             return f.read()
 
     def assert_program_format(self, name: str, text: str) -> None:
-        """*text* is one JSON line with the keys of a printf format of NAME.cu, in its order."""
-        with open(os.path.join(results.SAMPLES_DIR, name + '.cu'), encoding='utf-8') as f:
-            source = f.read()
+        """*text* is one JSON line with the keys of a printf format of NAME, in its order."""
+        source = program_source(name)
         formats = format_keys(source)
         entry_formats = [keys for keys in formats if 'gpu_index' in keys]
         doc_formats = [keys for keys in formats if 'results' in keys]

@@ -359,9 +359,11 @@ class RunnerScriptTest(testtools.TestCase):
 
     def test_carries_every_source_and_passes_shellcheck(self) -> None:
         script = results.runner_script()
-        for name in results.SAMPLES:
-            with open(os.path.join(results.SAMPLES_DIR, name + '.cu'), encoding='utf-8') as f:
+        self.assertEqual(len(results.SAMPLES) + 1, len(results.SAMPLE_SOURCES))
+        for filename in results.SAMPLE_SOURCES:
+            with open(os.path.join(results.SAMPLES_DIR, filename), encoding='utf-8') as f:
                 self.assertIn(f.read().rstrip('\n'), script)
+            self.assertIn('cat > "$src/%s" <<' % filename, script)
         self.assertTrue(script.startswith('#!/bin/bash\n'))
         shellcheck = (shutil.which('shellcheck')
                       or os.path.join(os.path.dirname(sys.executable), 'shellcheck'))

@@ -28,6 +28,7 @@ import testtools
 
 from heat_gpu import results
 from tests.unit.test_samples_compile import format_keys
+from tests.unit.test_samples_compile import program_source
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = os.path.join(TOP, 'heat_gpu', 'samples', 'run-samples.sh')
@@ -352,6 +353,17 @@ class RunSamplesTest(testtools.TestCase):
         self.run_samples(caps='7.0', HEAT_GPU_SAMPLES='vector_add', HEAT_GPU_WORK_DIR=work)
         self.assertEqual(4, len(self.nvcc_calls()))
         self.assertEqual(['device_query', 'vector_add'] * 3, self.program_runs())
+        # The header the programs include is part of their source: a change rebuilds them.
+        src = os.path.join(self.tmp, 'src')
+        shutil.copytree(results.SAMPLES_DIR, src)
+        self.run_samples(caps='7.0', HEAT_GPU_SAMPLES='vector_add', HEAT_GPU_WORK_DIR=work,
+                         HEAT_GPU_SAMPLES_DIR=src)
+        self.assertEqual(4, len(self.nvcc_calls()))
+        with open(os.path.join(src, results.SAMPLE_HEADER), 'a', encoding='utf-8') as stream:
+            stream.write('// changed\n')
+        self.run_samples(caps='7.0', HEAT_GPU_SAMPLES='vector_add', HEAT_GPU_WORK_DIR=work,
+                         HEAT_GPU_SAMPLES_DIR=src)
+        self.assertEqual(6, len(self.nvcc_calls()))
 
     def test_work_dir_defaults_under_root(self) -> None:
         self.run_samples(HEAT_GPU_SAMPLES='vector_add')
@@ -372,14 +384,17 @@ class RunSamplesTest(testtools.TestCase):
 
         self.assertEqual(0, rc)
         src = os.path.join(self.root, 'var', 'lib', 'heat-gpu', 'samples', 'src')
-        for name in results.SAMPLES:
-            with open(os.path.join(src, name + '.cu'), encoding='utf-8') as copy, \
-                    open(os.path.join(results.SAMPLES_DIR, name + '.cu'),
+        for filename in results.SAMPLE_SOURCES:
+            with open(os.path.join(src, filename), encoding='utf-8') as copy, \
+                    open(os.path.join(results.SAMPLES_DIR, filename),
                          encoding='utf-8') as original:
                 self.assertEqual(original.read(), copy.read())
         self.assertEqual(5, len(self.nvcc_calls()))
         self.assertEqual(sorted(os.path.join(src, n + '.cu') for n in results.SAMPLES),
                          sorted(a for c in self.nvcc_calls() for a in c if a.endswith('.cu')))
+        # Every program finds the header it includes in the sources directory.
+        for call in self.nvcc_calls():
+            self.assertEqual(src, call[call.index('-I') + 1], call)
         report = results.evaluate(json.dumps(doc))
         self.assertTrue(report.passed)
         self.assertEqual(doc['samples'], report.results)
@@ -392,8 +407,7 @@ class RecordedOutputFormatTest(testtools.TestCase):
         machines = sorted(os.listdir(os.path.join(FIXTURES, 'samples')))
         self.assertEqual(['a100x2', 'p100x1'], machines)
         for name in results.SAMPLES:
-            with open(os.path.join(results.SAMPLES_DIR, name + '.cu'), encoding='utf-8') as f:
-                formats = format_keys(f.read())
+            formats = format_keys(program_source(name))
             entry_formats = [keys for keys in formats if 'gpu_index' in keys]
             doc_formats = [keys for keys in formats if 'results' in keys]
             self.assertEqual(1, len(entry_formats), name)

@@ -58,6 +58,25 @@ def gencode(archs: tuple[str, ...]) -> list[str]:
     return ['-gencode=arch=compute_%s,code=sm_%s' % (a, a) for a in archs]
 
 
+#: The header helpers that print a document with a format of their own.
+PRINTING_HELPERS = ('print_document(', 'run_each_gpu(')
+
+
+def program_source(name: str) -> str:
+    """The text whose printf formats make sample NAME's output.
+
+    Its ``.cu`` source, followed by the shared header when the source includes it and prints
+    through one of the header's helpers (whose format is then the program's too).
+    """
+    with open(os.path.join(SAMPLES_DIR, name + '.cu'), encoding='utf-8') as stream:
+        source = stream.read()
+    includes = '#include "%s"' % results.SAMPLE_HEADER in source
+    if includes and any(helper in source for helper in PRINTING_HELPERS):
+        with open(os.path.join(SAMPLES_DIR, results.SAMPLE_HEADER), encoding='utf-8') as stream:
+            source += stream.read()
+    return source
+
+
 def format_keys(source: str) -> list[set[str]]:
     """The JSON keys of each printf/snprintf format string of a .cu source."""
     calls = re.findall(r'printf\(\s*(?:line,\s*sizeof\(line\),\s*)?((?:"(?:[^"\\]|\\.)*"\s*)+)',
@@ -141,8 +160,7 @@ class CompileSamplesTest(testtools.TestCase):
         doc = json.loads(lines[0])
         self.assertEqual(self.program, doc['program'])
         self.assertIsInstance(doc['results'], list)
-        with open(os.path.join(SAMPLES_DIR, self.program + '.cu'), encoding='utf-8') as stream:
-            formats = format_keys(stream.read())
+        formats = format_keys(program_source(self.program))
         self.assertIn(set(doc), formats)
         for entry in doc['results']:
             self.assertIn(set(entry), formats)

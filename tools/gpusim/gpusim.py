@@ -847,6 +847,11 @@ class Stub:
             if not os.path.exists(s):
                 self.err('nvcc fatal   : Could not open input file %s' % s)
                 return 1
+            missing = _missing_include(s, _include_dirs(a))
+            if missing:
+                self.err('%s:%d:10: fatal error: %s: No such file or directory\n'
+                         'compilation terminated.' % (s, missing[0], missing[1]))
+                return 1
         program = next((p for p in map(_sample_program, sources) if p), '-')
         if program == 'gemm' and not any(x.startswith('-lcublas') for x in a):
             self.err("/usr/bin/ld: /tmp/tmpxft_0000a1b2_00000000-11_gemm.o: in function "
@@ -1395,15 +1400,52 @@ def _runnable(d: dict[str, Any], sass: list[str], ptx: list[str]) -> bool:
 
 
 def _sample_program(source: str) -> str | None:
-    """The heat-gpu sample *source* is (its ``heat-gpu sample: NAME.`` marker, else its name)."""
+    """The heat-gpu sample *source* is (its ``heat-gpu sample: NAME.`` first line, else its name).
+
+    Only a ``.cu`` or ``.cpp`` file is a program: the header the samples share is none.
+    """
+    base, ext = os.path.splitext(os.path.basename(source))
+    if ext not in ('.cu', '.cpp'):
+        return None
     try:
         with open(source, encoding='utf-8', errors='replace') as f:
-            head = f.read(400)
+            first = f.readline(400)
     except OSError:
         return None
-    m = re.search(r'heat-gpu sample: ([a-z0-9_]+)\.', head)
-    name = m.group(1) if m else os.path.basename(source).rsplit('.', 1)[0]
+    m = re.match(r'// heat-gpu sample: ([a-z0-9_]+)\.', first)
+    name = m.group(1) if m else base
     return name if name in SAMPLE_PROGRAMS else None
+
+
+def _include_dirs(args: list[str]) -> list[str]:
+    """The directories an nvcc command line adds to the include path (``-I DIR``, ``-IDIR``)."""
+    dirs = []
+    for i, x in enumerate(args):
+        if x in ('-I', '--include-path') and i + 1 < len(args):
+            dirs.append(args[i + 1])
+        elif x.startswith('--include-path='):
+            dirs.append(x.split('=', 1)[1])
+        elif x.startswith('-I') and len(x) > 2:
+            dirs.append(x[2:])
+    return dirs
+
+
+def _missing_include(source: str, dirs: list[str]) -> tuple[int, str] | None:
+    """(line, name) of the first ``#include "name"`` of *source* the preprocessor cannot find.
+
+    As the C preprocessor does, a quoted include is looked up beside the source, then in *dirs*.
+    """
+    try:
+        with open(source, encoding='utf-8', errors='replace') as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    search = [os.path.dirname(os.path.abspath(source))] + dirs
+    for number, line in enumerate(lines, 1):
+        m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+        if m and not any(os.path.isfile(os.path.join(d, m.group(1))) for d in search):
+            return number, m.group(1)
+    return None
 
 
 def _js(value: Any) -> str:
