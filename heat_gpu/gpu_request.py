@@ -312,7 +312,13 @@ def parse_gpu_request(extra_specs: Mapping[str, Any] | None, *,
     hide = specs.get(HIDE_HYPERVISOR_ID_KEY)
     hide_value = None if hide is None else parse_bool(hide, prop=HIDE_HYPERVISOR_ID_KEY)
 
+    vgpu = _parse_vgpu(specs)
     if ALIAS_KEY in specs:
+        if vgpu is not None:
+            raise _invalid(vgpu[0], specs[vgpu[0]],
+                           'no vGPU request in a flavor that also has %s=%s: a GPU flavor asks '
+                           'for whole GPUs (%s) or one virtual GPU (%s), not both'
+                           % (ALIAS_KEY, specs[ALIAS_KEY], ALIAS_KEY, VGPU_KEY))
         pairs = parse_alias_spec(specs[ALIAS_KEY])
         for name, number in pairs:
             if number < MIN_GPUS:
@@ -326,9 +332,24 @@ def parse_gpu_request(extra_specs: Mapping[str, Any] | None, *,
         return GpuRequest(mode=PASSTHROUGH, aliases=pairs, numa_affinity_policy=policy,
                           hide_hypervisor_id=hide_value, model=model)
 
+    if vgpu is None:
+        return None
+    key, number = vgpu
+    group = _VGPU_KEY_RE.match(key).group(1)
+    trait = None
+    for tkey, tvalue in sorted(specs.items()):
+        tmatch = _TRAIT_KEY_RE.match(tkey)
+        if tmatch and tmatch.group(1) == group and tvalue == 'required':
+            trait = tmatch.group(2)
+            break
+    return GpuRequest(mode=VGPU, vgpu_count=number, vgpu_trait=trait, vgpu_group=group,
+                      numa_affinity_policy=policy, hide_hypervisor_id=hide_value)
+
+
+def _parse_vgpu(specs: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The first ``resources{group}:VGPU`` key asking for a vGPU, and its count; or None."""
     for key, value in sorted(specs.items()):
-        match = _VGPU_KEY_RE.match(key)
-        if not match:
+        if not _VGPU_KEY_RE.match(key):
             continue
         try:
             number = int(str(value).strip())
@@ -336,13 +357,7 @@ def parse_gpu_request(extra_specs: Mapping[str, Any] | None, *,
             raise _invalid(key, value, 'an integer of at least %d' % MIN_GPUS)
         if number < MIN_GPUS:
             continue  # resources:VGPU=0 asks for no vGPU
-        group = match.group(1)
-        trait = None
-        for tkey, tvalue in sorted(specs.items()):
-            tmatch = _TRAIT_KEY_RE.match(tkey)
-            if tmatch and tmatch.group(1) == group and tvalue == 'required':
-                trait = tmatch.group(2)
-                break
-        return GpuRequest(mode=VGPU, vgpu_count=number, vgpu_trait=trait, vgpu_group=group,
-                          numa_affinity_policy=policy, hide_hypervisor_id=hide_value)
+        if number > MAX_VGPUS:
+            raise _invalid(key, value, _count_rule(VGPU))
+        return key, number
     return None

@@ -20,11 +20,13 @@ import datetime
 import json
 import re
 from typing import Any, Iterator
+import urllib.parse
 
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import timeutils
 from oslo_utils import uuidutils
+import yaml
 
 from heat.common import exception
 from heat.engine import attributes
@@ -59,6 +61,8 @@ _SHA256_RE = re.compile(r'^[0-9a-fA-F]{64}$')
 _CUDA_RE = r'^(auto|\d+\.\d+)$'
 _BRANCH_RE = r'^(auto|\d{3})$'
 LOG_TAIL_LINES = 20
+#: What nova's scheduler puts in the server fault when no host can take the flavor.
+_NO_VALID_HOST = 'No valid host'
 
 
 class _PropertiesOverlay(collections.abc.Mapping):
@@ -81,6 +85,19 @@ class _PropertiesOverlay(collections.abc.Mapping):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._props, name)
+
+
+class _Pattern(constraints.AllowedPattern):
+    """An allowed_pattern constraint whose error names the refused value besides the rule."""
+
+    @classmethod
+    def _name(cls) -> str:
+        return 'allowed_pattern'
+
+    def validate(self, value: Any, schema: Any = None, context: Any = None) -> None:
+        if not self._is_valid(value, schema, context):
+            raise ValueError('%r is not accepted; accepted: %s' % (
+                value, self.description or self._str()))
 
 
 @dataclasses.dataclass
@@ -145,6 +162,15 @@ class CudaInstance(_Server):
             '(the Heat API with the credentials of this resource\'s stack user).',
             default=_Server.POLL_SERVER_HEAT,
             constraints=[constraints.AllowedValues([_Server.POLL_SERVER_HEAT])]),
+        _Server.FLAVOR_UPDATE_POLICY: properties.Schema(
+            properties.Schema.STRING,
+            'What a flavor update does: REPLACE the server (the new server installs and '
+            'proves CUDA on the GPUs of the new flavor, so gpus and the sample results '
+            'describe them) or RESIZE it (nova moves it to the new flavor without a new '
+            'bootstrap: gpus and the other GPU attributes keep describing the first boot).',
+            default='REPLACE',
+            constraints=[constraints.AllowedValues(['REPLACE', 'RESIZE'])],
+            update_allowed=True),
         _Server.USER_DATA_UPDATE_POLICY: properties.Schema(
             properties.Schema.STRING,
             'What a user_data update does: REPLACE the server (which installs CUDA again) or '
@@ -157,13 +183,13 @@ class CudaInstance(_Server):
             'CUDA toolkit version to install: "auto" (the newest line the GPU supports) or '
             'MAJOR.MINOR, e.g. 12.4. Default: the [heat_gpu] default_cuda_version option '
             '(auto).',
-            constraints=[constraints.AllowedPattern(
+            constraints=[_Pattern(
                 _CUDA_RE, description='"auto" or MAJOR.MINOR, e.g. 12.4')]),
         DRIVER_BRANCH: properties.Schema(
             properties.Schema.STRING,
             'NVIDIA driver branch: "auto" (matches the CUDA version) or a branch number, '
             'e.g. 550. Default: the [heat_gpu] default_driver_branch option (auto).',
-            constraints=[constraints.AllowedPattern(
+            constraints=[_Pattern(
                 _BRANCH_RE, description='"auto" or a three-digit branch, e.g. 550')]),
         INSTALL_METHOD: properties.Schema(
             properties.Schema.STRING,
@@ -232,11 +258,13 @@ class CudaInstance(_Server):
 
     # A guest FAILURE or a timeout raises exception.Error, not ResourceInError: Heat would delete
     # and re-create the server action_retry_limit times, repeating an install that takes an hour
-    # and fails the same way.
+    # and fails the same way. Nova's "No valid host" for the GPU flavor is not retried either:
+    # the scheduler already looked at every host, and the user needs the GPU request named.
 
     def validate(self) -> None:
         super().validate()
         self._validate_download_settings()
+        self._validate_tenant_cloud_config()
         if self.properties[self.FLAVOR]:
             self._gpu_request(missing_flavor_ok=True)
 
@@ -247,7 +275,9 @@ class CudaInstance(_Server):
         model = self._model(request)
         self.data_set(_FACTS_KEY, json.dumps({
             'gpu_mode': request.mode, 'gpu_count': request.count,
-            'gpu_model': model.key if model else None}))
+            'gpu_model': model.key if model else None,
+            'flavor': str(self.properties[self.FLAVOR]),
+            'gpu_specs': request.to_extra_specs()}))
         self._create_transport_credentials(self.properties)
         tenant_user_data = self.properties[self.USER_DATA]
         if tenant_user_data and uuidutils.is_uuid_like(tenant_user_data):
@@ -283,7 +313,13 @@ class CudaInstance(_Server):
         if status == GUEST_FAILURE:
             raise exception.Error(self._failure_text(reason, report))
         if not wait.active:
-            wait.active = super().check_create_complete(wait.server_id)
+            try:
+                wait.active = super().check_create_complete(wait.server_id)
+            except exception.ResourceInError as ex:
+                if _NO_VALID_HOST not in str(ex):
+                    raise
+                raise exception.Error(self._no_gpu_host_text(
+                    ex.kwargs.get('status_reason') or str(ex))) from ex
         if wait.active and status == GUEST_SUCCESS:
             return True
         if timeutils.utcnow() > wait.deadline:
@@ -311,6 +347,26 @@ class CudaInstance(_Server):
         facts = json.loads(self._fresh_data().get(_FACTS_KEY) or '{}')
         facts['gpus'] = self._guest_state()[2].get('gpus') or []
         return facts
+
+    def _no_gpu_host_text(self, nova_fault: str) -> str:
+        """Nova's bare "No valid host" for a GPU flavor, as the GPU request it could not place."""
+        facts = json.loads(self._fresh_data().get(_FACTS_KEY) or '{}')
+        request = ', '.join('%s=%s' % item for item in sorted(
+            (facts.get('gpu_specs') or {}).items())) or 'a GPU'
+        value = facts.get('flavor') or str(self.properties[self.FLAVOR])
+        try:
+            name = self._flavor_name(self.client_plugin().get_flavor(value))
+        except Exception as ex:
+            LOG.debug('Flavor %s not readable for the error message: %s', value, ex)
+            name = value
+        shown = repr(value) if name == value else '%r (flavor %s)' % (value, name)
+        return ('Invalid value %s for %s: no compute host has the %s GPU(s) it requests free '
+                '(%s); nova: %s. Accepted: a flavor asking for no more GPUs than one host has '
+                'free. Wait until GPUs are released, or ask the cloud operator whether a host '
+                'has that many (nova [pci] device_spec and [pci] alias for passthrough, enabled '
+                'vGPU types for vGPU) and PciPassthroughFilter is enabled.'
+                % (shown, self.FLAVOR, facts.get('gpu_count') or 'requested', request,
+                   nova_fault))
 
     @contextlib.contextmanager
     def _properties_overridden(self, overrides: dict) -> Iterator[None]:
@@ -362,17 +418,44 @@ class CudaInstance(_Server):
 
     def _validate_download_settings(self) -> None:
         mirror = self.properties[self.MIRROR_URL]
-        if mirror is not None and not (mirror.startswith('https://') and len(mirror) > 8):
+        if mirror is not None and not _is_https_base_url(mirror):
             raise exception.StackValidationFailed(
                 resource=self,
-                message='Invalid value %r for mirror_url: an https:// base URL is accepted '
-                        '(the downloads carry the driver the guest runs as root).' % mirror)
+                message='Invalid value %r for mirror_url: an https:// base URL with a host name '
+                        'and no spaces, query or fragment is accepted, e.g. '
+                        'https://mirror.example.com/nvidia (the downloads carry the driver the '
+                        'guest runs as root).' % mirror)
         for name, digest in (self.properties[self.CHECKSUMS] or {}).items():
             if not isinstance(digest, str) or not _SHA256_RE.match(digest):
                 raise exception.StackValidationFailed(
                     resource=self,
                     message='Invalid value %r for checksums.%s: a SHA-256 digest of 64 hex '
                             'digits is accepted.' % (digest, name))
+
+    def _validate_tenant_cloud_config(self) -> None:
+        """A tenant's ``#cloud-config`` user data must be a YAML mapping (cloud-init's rule)."""
+        user_data = self.properties[self.USER_DATA]
+        if not isinstance(user_data, str) or not user_data.lstrip().startswith('#cloud-config'):
+            return
+        problem = None
+        try:
+            document = yaml.safe_load(user_data)
+        except yaml.YAMLError as ex:
+            mark = getattr(ex, 'problem_mark', None)
+            problem = 'it is not valid YAML (%s%s)' % (
+                getattr(ex, 'problem', None) or type(ex).__name__,
+                ' at line %d' % (mark.line + 1) if mark is not None else '')
+        else:
+            if document is not None and not isinstance(document, dict):
+                problem = 'its YAML is a %s, not a mapping' % type(document).__name__
+        if problem:
+            first = user_data.strip().splitlines()[:3]
+            raise exception.StackValidationFailed(
+                resource=self,
+                message='Invalid value %r for user_data: %s; a #cloud-config document that is '
+                        'a YAML mapping of cloud-init modules is accepted, e.g. '
+                        '"#cloud-config\\npackages: [htop]" (or a shell script starting '
+                        'with #!).' % ('\n'.join(first), problem))
 
     def _setting(self, prop: str, option: str) -> Any:
         value = self.properties[prop]
@@ -460,6 +543,19 @@ class CudaInstance(_Server):
         if not tail:
             return str(error)
         return '%s\nLast %d log lines:\n%s' % (error, len(tail), '\n'.join(tail))
+
+
+def _is_https_base_url(url: str) -> bool:
+    """True for an https URL with a host, a valid port and no blanks, query or fragment."""
+    if any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number from 0 to 65535
+        return False
+    return (parts.scheme == 'https' and bool(parts.hostname) and port_ok and not parts.query
+            and not parts.fragment)
 
 
 def resource_mapping() -> dict:

@@ -32,6 +32,9 @@ import testtools
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREFIX = 'hgft-'
+# Names of this test process start with RUN_PREFIX, so the leak check ignores what other runs
+# (a demo, a second test run) create on the same cloud meanwhile.
+RUN_PREFIX = '%s%s-' % (PREFIX, uuid.uuid4().hex[:4])
 STACK_TIMEOUT = float(os.environ.get('HEAT_GPU_FUNCTIONAL_STACK_TIMEOUT', '420'))
 
 
@@ -80,7 +83,7 @@ class FunctionalTestCase(testtools.TestCase):
 
     @staticmethod
     def unique_name(kind: str) -> str:
-        return '%s%s-%s' % (PREFIX, kind, uuid.uuid4().hex[:8])
+        return '%s%s-%s' % (RUN_PREFIX, kind, uuid.uuid4().hex[:8])
 
     # Creating things (each removed at cleanup)
 
@@ -203,7 +206,7 @@ class FunctionalTestCase(testtools.TestCase):
     # Leaks
 
     def _inventory(self) -> dict:
-        """What tests create, by kind. Others may use the same cloud: only our names count."""
+        """What this run's tests create, by kind (only names starting with RUN_PREFIX count)."""
         servers = {s.id: s.name for s in self.admin.compute.servers(all_projects=True)}
         pci = {}
         for dev in self.cloud.nova_pci_devices():
@@ -211,15 +214,15 @@ class FunctionalTestCase(testtools.TestCase):
             if dev['status'] == 'available' or not owner:
                 continue
             # A device held by a server that no longer exists is a leak whoever created it.
-            if owner not in servers or servers[owner].startswith(PREFIX):
+            if owner not in servers or servers[owner].startswith(RUN_PREFIX):
                 pci['%s@%s' % (dev['address'], dev['host'])] = owner
         return {
-            'servers': {k: v for k, v in servers.items() if v.startswith(PREFIX)},
+            'servers': {k: v for k, v in servers.items() if v.startswith(RUN_PREFIX)},
             'flavors': {f.id: f.name for f in self.admin.compute.flavors(is_public=None)
-                        if f.name.startswith(PREFIX)},
+                        if f.name.startswith(RUN_PREFIX)},
             # heat denies stacks:global_index by default: ask each project for its own stacks.
             'stacks': {s.id: s.stack_name for client in (self.heat_admin, self.heat_demo)
-                       for s in client.stacks.list() if s.stack_name.startswith(PREFIX)},
+                       for s in client.stacks.list() if s.stack_name.startswith(RUN_PREFIX)},
             'pci_in_use': pci,
         }
 

@@ -30,6 +30,7 @@ import tempfile
 
 from oslo_config import cfg
 from oslo_utils import timeutils
+import testscenarios
 import yaml
 
 from heat.common import exception
@@ -64,11 +65,15 @@ resources:
         echo tenant-part > /tmp/tenant
 '''
 
+load_tests = testscenarios.load_tests_apply_scenarios
+
 FLAVOR_SPECS = {
     'gpu.p100': {'pci_passthrough:alias': 'p100:1', 'hw:pci_numa_affinity_policy': 'preferred'},
     'gpu.a100x2': {'pci_passthrough:alias': 'a100:2'},
     'gpu.vgpu': {'resources:VGPU': '1', 'trait:CUSTOM_NVIDIA_11': 'required'},
     'm1.large': {'hw:cpu_policy': 'dedicated'},
+    'gpu.vgpu2': {'resources:VGPU': '2'},
+    'gpu.both': {'pci_passthrough:alias': 'p100:1', 'resources:VGPU': '1'},
 }
 
 GPU = {'index': 0, 'name': 'Tesla P100-PCIE-16GB', 'pci_address': '0000:00:05.0',
@@ -142,7 +147,7 @@ def payloads(user_data: str) -> list:
             for p in email.message_from_string(user_data).walk() if not p.is_multipart()]
 
 
-class CudaInstanceTest(common.HeatTestCase):
+class CudaInstanceTestBase(common.HeatTestCase):
 
     def setUp(self):
         base.init_global_environment()
@@ -181,6 +186,9 @@ class CudaInstanceTest(common.HeatTestCase):
     def _events(self, stack):
         return [e.resource_status_reason
                 for e in event_object.Event.get_all_by_stack(stack.context, stack.id)]
+
+
+class CudaInstanceTest(CudaInstanceTestBase):
 
     def test_flavor_without_gpu_fails_validation(self):
         stack = self._stack(flavor='m1.large')
@@ -433,3 +441,42 @@ class CudaInstanceTest(common.HeatTestCase):
         tail = attr(rsrc, 'log_tail')
         self.assertTrue(tail)
         self.assertIn(tail[-1], rsrc.status_reason)
+
+
+class CudaInstanceBadInputTest(CudaInstanceTestBase):
+    """Each bad input fails validation naming what is wrong; no server is created."""
+
+    scenarios = [
+        ('vgpu count above one', dict(props=dict(flavor='gpu.vgpu2'), expect=["'2'"])),
+        ('passthrough and vgpu', dict(props=dict(flavor='gpu.both'), expect=['not both'])),
+        ('mirror without host', dict(props=dict(mirror_url='https:///nvidia'),
+                                     expect=['with a host name'])),
+        ('mirror with blank', dict(props=dict(mirror_url='https://mirror example.com/nvidia'),
+                                   expect=['with a host name'])),
+        ('mirror bad port', dict(props=dict(mirror_url='https://mirror.example.com:99999/n'),
+                                 expect=['with a host name'])),
+        ('mirror with query', dict(props=dict(mirror_url='https://m.example/x?y=1'),
+                                   expect=['with a host name'])),
+        ('cloud-config not yaml', dict(props=dict(user_data='#cloud-config\nruncmd: [unclosed\n'),
+                                       expect=['not valid YAML', 'user_data'])),
+        ('cloud-config a list', dict(props=dict(user_data='#cloud-config\n- a\n'),
+                                     expect=['is a list', 'user_data'])),
+        ('cuda version word', dict(props=dict(cuda_version='twelve'),
+                                   expect=["'twelve'", 'MAJOR.MINOR'])),
+        ('driver branch short', dict(props=dict(driver_branch='55'), expect=["'55'"])),
+    ]
+
+    def test_refused(self):
+        stack = self._stack(**self.props)
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        for text in self.expect:
+            self.assertIn(text, str(exc))
+        self.create.assert_not_called()
+
+
+class CudaInstanceGoodInputTest(CudaInstanceTestBase):
+
+    def test_cloud_config_and_mirror_with_port_pass(self):
+        stack = self._stack(user_data='#cloud-config\npackages: [htop]\n',
+                            mirror_url='https://mirror.example.com:8443/nvidia')
+        self.assertIsNone(stack['gpu_vm'].validate())

@@ -167,6 +167,8 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 
 def _group_alive(pgid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -1049,9 +1051,12 @@ class Cloud:
         self._mark('ready-once')
         elapsed = time.monotonic() - t0
         rss = self.rss_mib()
-        self._log('started (%s) in %.0f s; RSS %d MiB total: %s' % (
+        line = 'started (%s) in %.0f s; RSS %d MiB total: %s' % (
             'cold' if cold else 'warm', elapsed, sum(rss.values()),
-            ', '.join('%s %d' % kv for kv in sorted(rss.items(), key=lambda kv: -kv[1]))))
+            ', '.join('%s %d' % kv for kv in sorted(rss.items(), key=lambda kv: -kv[1])))
+        self._log(line)
+        with open(os.path.join(self.logs, 'start-times.log'), 'a', encoding='utf-8') as f:
+            f.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), line))
         return {'already_running': False, 'cold': cold, 'seconds': elapsed, 'rss_mib': rss}
 
     def nova_pci_devices(self) -> list[dict]:

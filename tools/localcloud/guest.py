@@ -36,6 +36,7 @@ destroyed (SIGTERM), and stops the services the guest started.
 import argparse
 import base64
 import binascii
+import contextlib
 import email
 import gzip
 import json
@@ -259,7 +260,8 @@ class Guest:
                       'shutdown' if _STOP['requested'] else 'its %d s timeout' % SCRIPT_TIMEOUT)
             say('%s stopped by %s' % (label, reason))
             _kill_group(proc.pid)
-            proc.wait(timeout=10)
+            with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
             return None
         say('%s exited with status %d' % (label, proc.returncode))
         return proc.returncode
@@ -338,6 +340,11 @@ def _kill_group(pgid: int) -> None:
             return
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
+            # Reap the group leader if it is our child, or its zombie keeps the group alive.
+            try:
+                os.waitpid(pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
@@ -358,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     guest.prepare()
     guest.run_user_data()
     guest.boot_loop()
-    say('boot finished')
+    if not _STOP['requested']:
+        say('boot finished')
     while not _STOP['requested']:
         time.sleep(1)
     guest.shutdown()

@@ -1,0 +1,268 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""OS::GPU::CudaInstance when things go wrong: a silent guest, reboots, deletes, contention.
+
+Every test ends with nothing left behind (the base class checks stacks, servers, flavors and PCI
+claims), and stacks end in a final state (COMPLETE or FAILED, then deleted).
+"""
+
+import collections
+import json
+import re
+import socket
+import textwrap
+import time
+
+from heatclient import exc as heat_exc
+
+from tests.functional import base
+
+PHASES = ('detect', 'prepare-kernel', 'install-driver', 'reboot', 'install-cuda', 'verify')
+
+INSTANCE_TEMPLATE = textwrap.dedent('''\
+    heat_template_version: 2021-04-16
+    parameters:
+      flavor: {type: string}
+      image: {type: string, default: ubuntu-22.04-gpu}
+      bootstrap_timeout: {type: number, default: 600}
+    resources:
+      gpu_vm:
+        type: OS::GPU::CudaInstance
+        properties:
+          flavor: {get_param: flavor}
+          image: {get_param: image}
+          networks: [{allocate_network: none}]
+          bootstrap_timeout: {get_param: bootstrap_timeout}
+    outputs:
+      server_id:
+        value: {get_resource: gpu_vm}
+      phase_times:
+        value: {get_attr: [gpu_vm, phase_times]}
+      bootstrap_status:
+        value: {get_attr: [gpu_vm, bootstrap_status]}
+    ''')
+
+# The same with a mirror for the NVIDIA downloads.
+MIRROR_TEMPLATE = INSTANCE_TEMPLATE.replace(
+    '  bootstrap_timeout: {type: number, default: 600}\n',
+    '  bootstrap_timeout: {type: number, default: 600}\n  mirror_url: {type: string}\n'
+).replace(
+    '      bootstrap_timeout: {get_param: bootstrap_timeout}\n',
+    '      bootstrap_timeout: {get_param: bootstrap_timeout}\n'
+    '      mirror_url: {get_param: mirror_url}\n')
+
+
+class FaultTestCase(base.FunctionalTestCase):
+
+    def outputs(self, stack) -> dict:
+        return {o['output_key']: o['output_value'] for o in stack.outputs}
+
+    def phase_events(self, stack_id: str) -> list[str]:
+        """The phases the guest announced, in the order heat recorded the signals."""
+        events = self.heat_demo.events.list(stack_id, resource_name='gpu_vm',
+                                            sort_dir='asc', sort_keys='event_time')
+        phases = []
+        for event in events:
+            match = re.match(r'^Signal: phase (\S+?):', event.resource_status_reason or '')
+            if match:
+                phases.append(match.group(1))
+        return phases
+
+    def assert_stack_deleted(self, stack_id: str) -> None:
+        """Heat shows a deleted stack by id as DELETE_COMPLETE for a while, then not at all."""
+        try:
+            status = self.heat_demo.stacks.get(stack_id).stack_status
+        except heat_exc.HTTPNotFound:
+            return
+        self.assertEqual('DELETE_COMPLETE', status)
+
+    def server_of(self, stack_id: str) -> str | None:
+        resource = self.heat_demo.resources.get(stack_id, 'gpu_vm')
+        return resource.physical_resource_id or None
+
+    def assert_gone(self, server_id: str) -> None:
+        """The server is gone and nova and placement hold nothing for it."""
+        self.assertTrue(self.server_gone(server_id), 'server %s still exists' % server_id)
+        self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
+                        what='nova releasing the GPUs of server %s' % server_id)
+        self.wait_until(
+            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
+            what='placement dropping the allocations of server %s' % server_id)
+
+    def guest_commands(self, server_id: str) -> list[dict]:
+        """What the guest's stub commands recorded (gpusim's commands.jsonl)."""
+        path = self.cloud.path('guests', server_id, 'root', '.gpusim', 'commands.jsonl')
+        with open(path, encoding='utf-8') as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+class TestGuestFaults(FaultTestCase):
+
+    def _silent_mirror(self) -> str:
+        """An https URL on 127.0.0.1 whose server accepts connections and never answers."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(('127.0.0.1', 0))
+        listener.listen(16)
+        return 'https://127.0.0.1:%d/nvidia' % listener.getsockname()[1]
+
+    def test_guest_that_never_reports_times_out_naming_the_phase(self):
+        # The mirror hangs: the guest announces its first phases, then waits on a download
+        # that never finishes and never sends a final status. The plugin's own deadline ends it.
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.create_stack(template=MIRROR_TEMPLATE, parameters={
+            'flavor': flavor.id, 'bootstrap_timeout': 60, 'mirror_url': self._silent_mirror()})
+        error = self.assertRaises(base.StackFailed, self.wait_for_stack, stack_id,
+                                  'CREATE_COMPLETE', timeout=240)
+        self.assertEqual('CREATE_FAILED', self.heat_demo.stacks.get(stack_id).stack_status)
+        phases = self.phase_events(stack_id)
+        self.assertNotEqual([], phases, 'the guest announced no phase before it hung')
+        # Announced in order, each once, and it never got to the end.
+        self.assertEqual(list(PHASES[:len(phases)]), phases)
+        self.assertNotIn('verify', phases)
+        resource = self.heat_demo.resources.get(stack_id, 'gpu_vm')
+        self.assertEqual('CREATE_FAILED', resource.resource_status)
+        self.assertIn('GPU bootstrap did not finish within 60 s (last phase: %s)' % phases[-1],
+                      resource.resource_status_reason)
+        self.assertIn('raise bootstrap_timeout or check the console log', str(error))
+        server_id = resource.physical_resource_id
+        self.assertTrue(server_id)
+        self.assertEqual(1, len(self.pci_devices(instance_uuid=server_id)))
+
+        self.delete_stack(stack_id)
+        self.assert_gone(server_id)
+
+    def test_reboot_mid_install_resumes_once(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.create_stack(template=INSTANCE_TEMPLATE,
+                                     parameters={'flavor': flavor.id})
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        outputs = self.outputs(stack)
+        server_id = outputs['server_id']
+        # Every phase was announced exactly once, in order, the reboot included.
+        self.assertEqual(list(PHASES), self.phase_events(stack_id))
+        self.assertEqual(set(PHASES), set(outputs['phase_times']))
+        self.assertEqual('SUCCESS', outputs['bootstrap_status'])
+
+        console = self.admin.compute.get_server_console_output(server_id)['output']
+        self.assertIn('rebooted (1)', console)
+        self.assertNotIn('rebooted (2)', console)
+        # The driver went in before the reboot, CUDA after it, each exactly once.
+        installs = collections.defaultdict(list)
+        for cmd in self.guest_commands(server_id):
+            if cmd['cmd'] == 'apt-get' and 'install' in cmd['args']:
+                for arg in cmd['args']:
+                    if arg.startswith(('cuda-drivers', 'cuda-toolkit')):
+                        installs[arg.split('-')[1]].append(cmd['boot'])
+        self.assertEqual({'drivers': [1], 'toolkit': [2]},
+                         {k: v for k, v in installs.items()}, installs)
+
+        self.delete_stack(stack_id)
+        self.assert_gone(server_id)
+
+
+class TestDeletes(FaultTestCase):
+
+    def test_delete_while_create_in_progress(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.create_stack(template=INSTANCE_TEMPLATE,
+                                     parameters={'flavor': flavor.id})
+        server_id = self.wait_until(lambda: self.server_of(stack_id),
+                                    what='the server of stack %s' % stack_id, timeout=120)
+        self.wait_until(lambda: self.phase_events(stack_id),
+                        what='the first phase signal of stack %s' % stack_id, timeout=120)
+        self.assertEqual('CREATE_IN_PROGRESS', self.heat_demo.stacks.get(stack_id).stack_status)
+        self.assertEqual(1, len(self.pci_devices(instance_uuid=server_id)))
+
+        self.delete_stack(stack_id)
+        self.assert_stack_deleted(stack_id)
+        self.assert_gone(server_id)
+
+    def test_delete_after_server_removed_by_hand(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.create_stack(template=INSTANCE_TEMPLATE, parameters={
+            'flavor': flavor.id, 'image': 'ubuntu-22.04-cuda-prebaked'})
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        server_id = self.outputs(stack)['server_id']
+
+        self.admin.compute.delete_server(server_id)
+        self.wait_until(lambda: self.server_gone(server_id),
+                        what='the admin deleting server %s' % server_id, timeout=120)
+
+        self.delete_stack(stack_id)
+        self.assert_stack_deleted(stack_id)
+        self.assert_gone(server_id)
+
+
+class TestContention(FaultTestCase):
+
+    A100 = '20b5'
+
+    def _a100_holders(self) -> dict:
+        """A100 device (address@host) -> the instance nova's PCI tracker gave it to."""
+        return {'%s@%s' % (d['address'], d['host']): d['instance_uuid']
+                for d in self.pci_devices()
+                if d['product_id'] == self.A100 and d['status'] != 'available'}
+
+    def _a100_placement_usage(self, providers: list[str]) -> dict:
+        """Per A100 resource provider: its consumers and the units they hold."""
+        usage = {}
+        for rp in providers:
+            allocs = self.placement_get('/resource_providers/%s/allocations' % rp)['allocations']
+            usage[rp] = {consumer: a['resources'].get('CUSTOM_PCI_10DE_20B5', 0)
+                         for consumer, a in allocs.items()}
+        return usage
+
+    def test_three_stacks_race_for_two_a100(self):
+        flavor = self.create_gpu_flavor(alias='a100', count=2)
+        providers = [p['uuid'] for p in
+                     self.placement_get('/resource_providers?resources=CUSTOM_PCI_10DE_20B5:1')
+                     ['resource_providers']]
+        self.assertEqual(2, len(providers))
+        stacks = [self.create_stack(template=INSTANCE_TEMPLATE, parameters={
+            'flavor': flavor.id, 'image': 'ubuntu-22.04-cuda-prebaked'}) for _ in range(3)]
+
+        seen_holders = set()
+        polls = 0
+        deadline = time.monotonic() + base.STACK_TIMEOUT
+        while True:
+            holders = self._a100_holders()
+            polls += 1
+            # One instance holds both A100s or none does; no device is in two hands.
+            self.assertLessEqual(len(set(holders.values())), 1, holders)
+            seen_holders.update(holders.values())
+            for rp, consumers in self._a100_placement_usage(providers).items():
+                self.assertLessEqual(sum(consumers.values()), 1, (rp, consumers))
+            states = [self.heat_demo.stacks.get(s).stack_status for s in stacks]
+            if all(s in ('CREATE_COMPLETE', 'CREATE_FAILED') for s in states):
+                break
+            self.assertLess(time.monotonic(), deadline, 'stacks still running: %s' % states)
+            time.sleep(1)
+
+        done = {s: self.heat_demo.stacks.get(s) for s in stacks}
+        won = [s for s, st in done.items() if st.stack_status == 'CREATE_COMPLETE']
+        self.assertEqual(1, len(won), {s: st.stack_status for s, st in done.items()})
+        winner = self.outputs(done[won[0]])['server_id']
+        self.assertEqual({winner}, set(self._a100_holders().values()))
+        self.assertEqual({winner}, seen_holders)
+        self.assertGreater(polls, 3)
+        for stack_id, stack in done.items():
+            if stack_id in won:
+                continue
+            self.assertIn('No valid host', stack.stack_status_reason)
+            self.delete_stack(stack_id)
+        for stack_id in stacks:
+            self.delete_stack(stack_id)
+        self.assert_gone(winner)
+        self.assertEqual({}, self._a100_holders())
