@@ -14,12 +14,11 @@
 """OS::GPU::CudaInstance: a Nova server on a GPU flavor that installs and proves CUDA."""
 
 import collections.abc
-import contextlib
 import dataclasses
 import datetime
 import json
 import re
-from typing import Any, Iterator
+from typing import Any
 import urllib.parse
 
 from oslo_config import cfg
@@ -42,6 +41,7 @@ from heat_gpu import config
 from heat_gpu import cuda
 from heat_gpu import exception as gpu_exception
 from heat_gpu import gpu_request
+from heat_gpu import overlay
 from heat_gpu import userdata
 
 LOG = logging.getLogger(__name__)
@@ -63,28 +63,6 @@ _BRANCH_RE = r'^(auto|\d{3})$'
 LOG_TAIL_LINES = 20
 #: What nova's scheduler puts in the server fault when no host can take the flavor.
 _NO_VALID_HOST = 'No valid host'
-
-
-class _PropertiesOverlay(collections.abc.Mapping):
-    """The live properties with a few values replaced, for one call into Server."""
-
-    def __init__(self, props: Any, overrides: dict) -> None:
-        self._props = props
-        self._overrides = overrides
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self._overrides:
-            return self._overrides[key]
-        return self._props[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._props)
-
-    def __len__(self) -> int:
-        return len(self._props)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._props, name)
 
 
 class _Pattern(constraints.AllowedPattern):
@@ -286,7 +264,7 @@ class CudaInstance(_Server):
                                              tenant_user_data=tenant_user_data or None)
         timeout = self._bootstrap_timeout()
         deadline = timeutils.utcnow() + datetime.timedelta(seconds=timeout)
-        with self._properties_overridden({self.USER_DATA: user_data}):
+        with overlay.properties_overridden(self, {self.USER_DATA: user_data}):
             server_id = super().handle_create()
         return _BootWait(server_id=server_id, deadline=deadline, timeout=timeout)
 
@@ -367,15 +345,6 @@ class CudaInstance(_Server):
                 'vGPU types for vGPU) and PciPassthroughFilter is enabled.'
                 % (shown, self.FLAVOR, facts.get('gpu_count') or 'requested', request,
                    nova_fault))
-
-    @contextlib.contextmanager
-    def _properties_overridden(self, overrides: dict) -> Iterator[None]:
-        live = self.properties
-        self.properties = _PropertiesOverlay(live, overrides)
-        try:
-            yield
-        finally:
-            self.properties = live
 
     def _flavor_name(self, flavor: Any) -> str:
         name = getattr(flavor, 'name', None)

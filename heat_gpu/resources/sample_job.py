@@ -13,12 +13,10 @@
 
 """OS::GPU::SampleJob: GPU sample programs run on a CudaInstance as a software deployment."""
 
-import collections.abc
-import contextlib
 import dataclasses
 import datetime
 import json
-from typing import Any, Iterator
+from typing import Any
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -35,6 +33,7 @@ from heat.rpc import api as rpc_api
 
 from heat_gpu import config
 from heat_gpu import exception as gpu_exception
+from heat_gpu import overlay
 from heat_gpu import results
 
 LOG = logging.getLogger(__name__)
@@ -42,28 +41,6 @@ LOG = logging.getLogger(__name__)
 _Deployment = software_deployment.SoftwareDeployment
 
 STDERR_TAIL_LINES = 20
-
-
-class _PropertiesOverlay(collections.abc.Mapping):
-    """The live properties plus the deployment properties SoftwareDeployment's code reads."""
-
-    def __init__(self, props: Any, overrides: dict) -> None:
-        self._props = props
-        self._overrides = overrides
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self._overrides:
-            return self._overrides[key]
-        return self._props[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(set(self._props) | set(self._overrides))
-
-    def __len__(self) -> int:
-        return len(set(self._props) | set(self._overrides))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._props, name)
 
 
 @dataclasses.dataclass
@@ -234,18 +211,9 @@ class SampleJob(_Deployment):
             _Deployment.NAME: None,
             _Deployment.SIGNAL_TRANSPORT: self.HEAT_SIGNAL,
         }
-        with self._properties_overridden(overrides):
+        with overlay.properties_overridden(self, overrides):
             return super()._handle_action(action, config=self._source_config(),
                                           prev_derived_config=prev_derived_config)
-
-    @contextlib.contextmanager
-    def _properties_overridden(self, overrides: dict) -> Iterator[None]:
-        live = self.properties
-        self.properties = _PropertiesOverlay(live, overrides)
-        try:
-            yield
-        finally:
-            self.properties = live
 
     def _source_config(self) -> dict:
         return {
