@@ -334,7 +334,7 @@ def runner_script() -> str:
         parts += ["cat > \"$src/%s\" <<'%s'" % (filename, _HEREDOC_END),
                   text.rstrip('\n'), _HEREDOC_END]
     parts += ['export HEAT_GPU_ROOT HEAT_GPU_WORK_DIR',
-              'HEAT_GPU_SAMPLES_DIR=$src exec bash "$src/run-samples.sh"']
+              'exec bash "$src/run-samples.sh"']
     return '\n'.join(parts) + '\n'
 
 

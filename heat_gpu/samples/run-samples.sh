@@ -17,8 +17,9 @@
 #   HEAT_GPU_SAMPLES        names, separated by spaces or commas (default: all)
 #   HEAT_GPU_MIN_RATIO      0..1; HEAT_GPU_THRESHOLDS / HEAT_GPU_EXPECTED: JSON as above
 # Paths and commands (for tests and unusual images):
-#   HEAT_GPU_ROOT (prefix of every absolute path), HEAT_GPU_SAMPLES_DIR (the .cu sources and the
-#   sample_common.cuh header they include; default: beside this script), HEAT_GPU_WORK_DIR (build and output files), NVCC, HEAT_GPU_CUDA_ARCH
+#   HEAT_GPU_ROOT (prefix of every absolute path), HEAT_GPU_SAMPLES_DIR (guest path of the .cu
+#   sources and the sample_common.cuh header they include; default: beside this script),
+#   HEAT_GPU_WORK_DIR (build and output files), NVCC, HEAT_GPU_CUDA_ARCH
 #   (e.g. "80" or "70 80"; default: detected with nvidia-smi), HEAT_GPU_SAMPLE_TIMEOUT (seconds
 #   per program), PYTHON (assembles the JSON; the standard library is enough).
 set -eu -o pipefail
@@ -26,7 +27,13 @@ set -eu -o pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${HEAT_GPU_ROOT:=}"
-: "${HEAT_GPU_SAMPLES_DIR:=$here}"
+# A sources directory given by the caller (a deployment input) is a path of the guest, under
+# HEAT_GPU_ROOT like every other; by default the sources lie beside this script.
+if [ -n "${HEAT_GPU_SAMPLES_DIR:-}" ]; then
+    HEAT_GPU_SAMPLES_DIR=$HEAT_GPU_ROOT$HEAT_GPU_SAMPLES_DIR
+else
+    HEAT_GPU_SAMPLES_DIR=$here
+fi
 : "${HEAT_GPU_WORK_DIR:=$HEAT_GPU_ROOT/var/lib/heat-gpu/samples}"
 : "${HEAT_GPU_SAMPLE_INPUTS:=}"
 : "${HEAT_GPU_SAMPLES:=}"

@@ -354,15 +354,16 @@ class RunSamplesTest(testtools.TestCase):
         self.assertEqual(4, len(self.nvcc_calls()))
         self.assertEqual(['device_query', 'vector_add'] * 3, self.program_runs())
         # The header the programs include is part of their source: a change rebuilds them.
-        src = os.path.join(self.tmp, 'src')
+        # HEAT_GPU_SAMPLES_DIR is a guest path: the script finds it under HEAT_GPU_ROOT.
+        src = os.path.join(self.root, 'opt', 'src')
         shutil.copytree(results.SAMPLES_DIR, src)
         self.run_samples(caps='7.0', HEAT_GPU_SAMPLES='vector_add', HEAT_GPU_WORK_DIR=work,
-                         HEAT_GPU_SAMPLES_DIR=src)
+                         HEAT_GPU_SAMPLES_DIR='/opt/src')
         self.assertEqual(4, len(self.nvcc_calls()))
         with open(os.path.join(src, results.SAMPLE_HEADER), 'a', encoding='utf-8') as stream:
             stream.write('// changed\n')
         self.run_samples(caps='7.0', HEAT_GPU_SAMPLES='vector_add', HEAT_GPU_WORK_DIR=work,
-                         HEAT_GPU_SAMPLES_DIR=src)
+                         HEAT_GPU_SAMPLES_DIR='/opt/src')
         self.assertEqual(6, len(self.nvcc_calls()))
 
     def test_work_dir_defaults_under_root(self) -> None:
