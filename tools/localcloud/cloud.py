@@ -28,6 +28,7 @@ Other programs import this module and call ``ensure_running()``.
 import argparse
 import concurrent.futures
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -208,6 +209,9 @@ class Cloud:
         self.socket = os.path.join(self.state, 'mysql', 'mysqld.sock')
         self._secrets: dict | None = None
         self._connections: dict = {}
+        # When this start launched the nova-computes (UTC): a heartbeat older than that is from
+        # the previous run and would make a compute that is still starting look "up".
+        self._computes_started: datetime.datetime | None = None
 
     # Paths, secrets, small helpers
 
@@ -940,10 +944,16 @@ class Cloud:
         try:
             conn = self.connection()
             up = [s for s in conn.compute.services(binary='nova-compute')
-                  if s.state == 'up' and s.status == 'enabled']
+                  if s.state == 'up' and s.status == 'enabled' and self._heard_since_start(s)]
             return len(up) >= len(COMPUTE_HOSTS)
         except Exception:  # any API error means: not yet
             return False
+
+    def _heard_since_start(self, service) -> bool:
+        if self._computes_started is None or not service.updated_at:
+            return self._computes_started is None
+        heard = datetime.datetime.fromisoformat(str(service.updated_at).rstrip('Z'))
+        return heard.replace(tzinfo=None) >= self._computes_started
 
     def _discover_hosts(self) -> None:
         self._wait_for('nova-api', self._computes_up, timeout=START_TIMEOUT,
@@ -1034,6 +1044,8 @@ class Cloud:
         self._start_placement()
         self._start_glance()
         self._start_nullnet()
+        self._computes_started = datetime.datetime.now(datetime.timezone.utc).replace(
+            tzinfo=None, microsecond=0)
         self._start_nova()
         self._start_heat()
         for name in ('placement', 'glance', 'nullnet', 'nova-api', 'heat-api'):
