@@ -234,11 +234,10 @@ class TestContention(FaultTestCase):
             'flavor': flavor.id, 'image': 'ubuntu-22.04-cuda-prebaked'}) for _ in range(3)]
 
         seen_holders = set()
-        polls = 0
+        polls_while_racing = 0
         deadline = time.monotonic() + base.STACK_TIMEOUT
         while True:
             holders = self._a100_holders()
-            polls += 1
             # One instance holds both A100s or none does; no device is in two hands.
             self.assertLessEqual(len(set(holders.values())), 1, holders)
             seen_holders.update(holders.values())
@@ -247,6 +246,7 @@ class TestContention(FaultTestCase):
             states = [self.heat_demo.stacks.get(s).stack_status for s in stacks]
             if all(s in ('CREATE_COMPLETE', 'CREATE_FAILED') for s in states):
                 break
+            polls_while_racing += 1
             self.assertLess(time.monotonic(), deadline, 'stacks still running: %s' % states)
             time.sleep(1)
 
@@ -256,7 +256,8 @@ class TestContention(FaultTestCase):
         winner = self.outputs(done[won[0]])['server_id']
         self.assertEqual({winner}, set(self._a100_holders().values()))
         self.assertEqual({winner}, seen_holders)
-        self.assertGreater(polls, 3)
+        # The claims were looked at while the stacks still ran, not only afterwards.
+        self.assertGreaterEqual(polls_while_racing, 1)
         for stack_id, stack in done.items():
             if stack_id in won:
                 continue
