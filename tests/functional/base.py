@@ -62,7 +62,14 @@ class FunctionalTestCase(testtools.TestCase):
     def setUpClass(cls) -> None:
         super().setUpClass()
         if FunctionalTestCase.cloud is None:
-            FunctionalTestCase.cloud = localcloud.ensure_running()
+            cloud = localcloud.ensure_running()
+            # The tests name hosts, devices and counts of the "test" host layout.
+            if cloud.settings['layout'] != 'test':
+                raise RuntimeError(
+                    'the functional tests need a local cloud with the "test" host layout; the '
+                    'one in %s has "%s". Point HEAT_GPU_CLOUD_DIR at another state directory.'
+                    % (cloud.state, cloud.settings['layout']))
+            FunctionalTestCase.cloud = cloud
 
     def setUp(self) -> None:
         super().setUp()

@@ -62,7 +62,6 @@ PORTS = {
     'epmd': 4369,
 }
 SERVICE_USERS = ('nova', 'placement', 'glance', 'heat')
-COMPUTE_HOSTS = ('gpu-host-1', 'gpu-host-2')
 
 # PCI ids of the NVIDIA data-center GPUs the operator configuration knows (vendor 10de).
 GPU_ALIASES = {
@@ -75,7 +74,7 @@ GPU_ALIASES = {
 }
 
 # The simulated hardware: GPUs per compute host, with the NUMA node each sits on.
-HOST_DEVICES = {
+TEST_HOST_DEVICES = {
     'gpu-host-1': [
         {'address': '0000:04:00.0', 'vendor_id': '10de', 'product_id': '15f8', 'numa_node': 0},
         {'address': '0000:05:00.0', 'vendor_id': '10de', 'product_id': '15f8', 'numa_node': 0},
@@ -89,6 +88,30 @@ HOST_DEVICES = {
         {'address': '0000:ca:00.0', 'vendor_id': '10de', 'product_id': '15f8', 'numa_node': 1},
     ],
 }
+
+
+def _bench_host_devices(hosts: int = 2, per_host: int = 32) -> dict:
+    """Many identical P100s for scale benchmarks: ``per_host`` on each of ``hosts`` hosts.
+
+    The first half of each host's slots sit on NUMA node 0, the second half on node 1.
+    """
+    layout = {}
+    for h in range(hosts):
+        layout['gpu-host-%d' % (h + 1)] = [
+            {'address': '0000:%02x:00.0' % (0x10 + i), 'vendor_id': '10de',
+             'product_id': '15f8', 'numa_node': 0 if i < per_host // 2 else 1}
+            for i in range(per_host)]
+    return layout
+
+
+# Host layouts a cloud can be created with (HEAT_GPU_CLOUD_LAYOUT): "test" is what the test
+# suite and the demo assume; "bench" has 64 GPUs for the scale benchmark.
+LAYOUTS = {
+    'test': TEST_HOST_DEVICES,
+    'bench': _bench_host_devices(),
+}
+LAYOUT_ENV = 'HEAT_GPU_CLOUD_LAYOUT'
+PORT_OFFSET_ENV = 'HEAT_GPU_CLOUD_PORT_OFFSET'
 
 IMAGES = (
     {'name': 'ubuntu-22.04-gpu', 'os_distro': 'ubuntu', 'os_version': '22.04'},
@@ -212,6 +235,71 @@ class Cloud:
         # When this start launched the nova-computes (UTC): a heartbeat older than that is from
         # the previous run and would make a compute that is still starting look "up".
         self._computes_started: datetime.datetime | None = None
+        self._settings: dict | None = None
+
+    # Settings fixed when the state directory is created: port offset and host layout
+
+    @property
+    def settings(self) -> dict:
+        """``port_offset`` and ``layout`` of this cloud.
+
+        Taken from the environment when the state directory is new, then kept in it, so every
+        later command (and every test) talks to the same ports and hosts; asking for other
+        values against an existing state directory is an error rather than a silent switch.
+        """
+        if self._settings is not None:
+            return self._settings
+        wanted = {}
+        if os.environ.get(PORT_OFFSET_ENV):
+            try:
+                wanted['port_offset'] = int(os.environ[PORT_OFFSET_ENV])
+            except ValueError:
+                raise CloudError('%s=%r is not a whole number of ports' % (
+                    PORT_OFFSET_ENV, os.environ[PORT_OFFSET_ENV])) from None
+            if not 0 <= wanted['port_offset'] <= 20000:
+                raise CloudError('%s=%d is out of range: use 0 to 20000' % (
+                    PORT_OFFSET_ENV, wanted['port_offset']))
+        if os.environ.get(LAYOUT_ENV):
+            if os.environ[LAYOUT_ENV] not in LAYOUTS:
+                raise CloudError('%s=%r is not a known host layout: use one of %s' % (
+                    LAYOUT_ENV, os.environ[LAYOUT_ENV], ', '.join(sorted(LAYOUTS))))
+            wanted['layout'] = os.environ[LAYOUT_ENV]
+        path = self.path('settings.json')
+        if os.path.exists(path):
+            with open(path, encoding='utf-8') as f:
+                stored = json.load(f)
+            clash = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+            if clash:
+                raise CloudError(
+                    'the local cloud in %s was created with %s; it cannot change to %s. Use '
+                    'another HEAT_GPU_CLOUD_DIR for a cloud with other settings, or run '
+                    '"cloud.py clean" first.' % (
+                        self.state,
+                        ', '.join('%s=%s' % (k, old) for k, (old, _) in sorted(clash.items())),
+                        ', '.join('%s=%s' % (k, new) for k, (_, new) in sorted(clash.items()))))
+            self._settings = stored
+        else:
+            self._settings = {'port_offset': wanted.get('port_offset', 0),
+                              'layout': wanted.get('layout', 'test')}
+        return self._settings
+
+    def _save_settings(self) -> None:
+        path = self.path('settings.json')
+        if not os.path.exists(path):
+            os.makedirs(self.state, exist_ok=True)
+            self._write(path, json.dumps(self.settings, indent=2) + '\n')
+
+    def port(self, service: str) -> int:
+        return PORTS[service] + self.settings['port_offset']
+
+    @property
+    def host_devices(self) -> dict:
+        """The simulated GPUs of each compute host in this cloud's layout."""
+        return LAYOUTS[self.settings['layout']]
+
+    @property
+    def compute_hosts(self) -> tuple:
+        return tuple(sorted(self.host_devices))
 
     # Paths, secrets, small helpers
 
@@ -239,10 +327,10 @@ class Cloud:
 
     def transport_url(self) -> str:
         return 'rabbit://heat_gpu:%s@%s:%d/%s' % (
-            self.secrets['rabbit'], HOST, PORTS['rabbitmq'], VHOST)
+            self.secrets['rabbit'], HOST, self.port('rabbitmq'), VHOST)
 
     def url(self, service: str) -> str:
-        return 'http://%s:%d' % (HOST, PORTS[service])
+        return 'http://%s:%d' % (HOST, self.port(service))
 
     def _marker(self, name: str) -> str:
         return self.path('run', 'done-' + name)
@@ -260,18 +348,27 @@ class Cloud:
     def _run(self, argv: list[str], *, timeout: float = 300.0, env: dict | None = None,
              log: str = 'setup') -> str:
         full_env = dict(self._base_env(), **(env or {}))
+        # Some setup commands take a password as an argument: logs and errors show it masked.
+        shown = self._masked(' '.join(argv))
         try:
             proc = subprocess.run(argv, env=full_env, capture_output=True, text=True,
                                   timeout=timeout, cwd=self.state, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise CloudError('%s did not finish within %d s' % (' '.join(argv), timeout)) from exc
+            raise CloudError('%s did not finish within %d s' % (shown, timeout)) from exc
+        output = self._masked(proc.stdout + proc.stderr)
         with open(os.path.join(self.logs, log + '.log'), 'a', encoding='utf-8') as f:
-            f.write('$ %s\n%s%s\n' % (' '.join(argv), proc.stdout, proc.stderr))
+            f.write('$ %s\n%s\n' % (shown, output))
         if proc.returncode != 0:
-            out = '\n'.join((proc.stdout + proc.stderr).splitlines()[-30:])
+            out = '\n'.join(output.splitlines()[-30:])
             raise CloudError('%s failed with exit code %d:\n%s' % (
-                ' '.join(argv), proc.returncode, out))
+                shown, proc.returncode, out))
         return proc.stdout
+
+    def _masked(self, text: str) -> str:
+        """*text* with every generated password replaced by ``***``."""
+        for value in (self._secrets or {}).values():
+            text = text.replace(value, '***')
+        return text
 
     def _base_env(self) -> dict:
         env = dict(os.environ)
@@ -370,11 +467,16 @@ class Cloud:
                     os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._pid_file(name))
+        # Until the last of them has exited, a listening socket may still be open.
+        groups = [pid for pid in pids.values() if pid is not None]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+            time.sleep(0.1)
 
     def services(self) -> list[str]:
         return (['mariadb', 'epmd', 'rabbitmq', 'keystone', 'placement', 'glance', 'nullnet',
                  'nova-api', 'nova-conductor', 'nova-scheduler']
-                + ['nova-compute-%s' % h for h in COMPUTE_HOSTS]
+                + ['nova-compute-%s' % h for h in self.compute_hosts]
                 + ['heat-api', 'heat-engine'])
 
     # Configuration
@@ -439,7 +541,7 @@ class Cloud:
         shutil.copy(os.path.join(share, 'glance', 'glance-api-paste.ini'), etc)
         self._write(os.path.join(etc, 'glance-api.conf'), _ini({
             'DEFAULT': {'debug': False, 'use_stderr': True, 'enabled_backends': 'local:file',
-                        'workers': 1, 'bind_host': HOST, 'bind_port': PORTS['glance'],
+                        'workers': 1, 'bind_host': HOST, 'bind_port': self.port('glance'),
                         'worker_self_reference_url': self.url('glance')},
             'database': {'connection': self.db_url('glance')},
             'glance_store': {'default_backend': 'local'},
@@ -460,10 +562,16 @@ class Cloud:
             'placement_database': {'connection': self.db_url('placement')},
             'api': {'auth_strategy': 'keystone'},
             'keystone_authtoken': self._authtoken('placement'),
+            # nova's scheduler claims only a host's first allocation candidate: in placement's
+            # fixed order, servers scheduled at the same time all pick the same PCI device,
+            # all but one claim fails with 409, and a few end in "No valid host" while many
+            # GPUs are free (seen with a ResourceGroup of 10 GPU servers). Shuffled candidates
+            # spread them over the devices, as an operator of a GPU cloud would configure.
+            'placement': {'randomize_allocation_candidates': True},
         }))
 
     def nova_pci_options(self) -> dict:
-        specs = sorted({d['product_id'] for devs in HOST_DEVICES.values() for d in devs})
+        specs = sorted({d['product_id'] for devs in self.host_devices.values() for d in devs})
         return {
             'device_spec': [json.dumps({'vendor_id': '10de', 'product_id': p}) for p in specs],
             'alias': [json.dumps({'name': name, 'vendor_id': '10de', 'product_id': pid,
@@ -517,7 +625,7 @@ class Cloud:
             'oslo_policy': {'enforce_new_defaults': True, 'enforce_scope': True},
         }
         self._write(os.path.join(etc, 'nova.conf'), _ini(conf))
-        for host in COMPUTE_HOSTS:
+        for host in self.compute_hosts:
             state_path = self.path('nova', host)
             os.makedirs(state_path, exist_ok=True)
             self._write(os.path.join(etc, 'compute-%s.conf' % host), _ini({
@@ -584,10 +692,10 @@ class Cloud:
 
     def _write_rabbitmq(self) -> None:
         self._write(self.path('rabbitmq', 'rabbitmq.conf'), '\n'.join([
-            'listeners.tcp.default = %s:%d' % (HOST, PORTS['rabbitmq']),
+            'listeners.tcp.default = %s:%d' % (HOST, self.port('rabbitmq')),
             'distribution.listener.interface = %s' % HOST,
-            'distribution.listener.port_range.min = %d' % PORTS['rabbitmq-dist'],
-            'distribution.listener.port_range.max = %d' % PORTS['rabbitmq-dist'],
+            'distribution.listener.port_range.min = %d' % self.port('rabbitmq-dist'),
+            'distribution.listener.port_range.max = %d' % self.port('rabbitmq-dist'),
             'loopback_users = none',
             'management.tcp.ip = %s' % HOST,
             '',
@@ -599,7 +707,7 @@ class Cloud:
             'state_dir': self.state,
             'guest_python': sys.executable,
             'guest_program': os.path.join(HERE, 'guest.py'),
-            'hosts': HOST_DEVICES,
+            'hosts': self.host_devices,
         }, indent=2))
 
     def cloud_config(self, *, admin: bool) -> dict:
@@ -675,7 +783,7 @@ class Cloud:
         return {
             'RABBITMQ_NODENAME': 'rabbit@localhost',
             'RABBITMQ_NODE_IP_ADDRESS': HOST,
-            'RABBITMQ_NODE_PORT': str(PORTS['rabbitmq']),
+            'RABBITMQ_NODE_PORT': str(self.port('rabbitmq')),
             'RABBITMQ_CONFIG_FILE': os.path.join(base, 'rabbitmq'),
             'RABBITMQ_ENABLED_PLUGINS_FILE': os.path.join(base, 'enabled_plugins'),
             'RABBITMQ_MNESIA_BASE': os.path.join(base, 'mnesia'),
@@ -683,13 +791,13 @@ class Cloud:
             'RABBITMQ_LOGS': '-',
             'RABBITMQ_PID_FILE': os.path.join(self.run_dir, 'rabbitmq-server.pid'),
             'ERL_EPMD_ADDRESS': HOST,
-            'ERL_EPMD_PORT': str(PORTS['epmd']),
+            'ERL_EPMD_PORT': str(self.port('epmd')),
             'HOME': base,
         }
 
     def _start_rabbitmq(self) -> None:
         if not self.pid('epmd'):
-            self._spawn('epmd', ['epmd', '-address', HOST, '-port', str(PORTS['epmd'])],
+            self._spawn('epmd', ['epmd', '-address', HOST, '-port', str(self.port('epmd'))],
                         env=self._rabbit_env())
         if not self.pid('rabbitmq'):
             self._spawn('rabbitmq', ['/usr/lib/rabbitmq/bin/rabbitmq-server'],
@@ -701,8 +809,8 @@ class Cloud:
                          log='rabbitmqctl')
 
     def _setup_rabbitmq(self) -> None:
-        self._wait_for('rabbitmq', lambda: _port_in_use(PORTS['rabbitmq']),
-                       what='to listen on %s:%d' % (HOST, PORTS['rabbitmq']))
+        self._wait_for('rabbitmq', lambda: _port_in_use(self.port('rabbitmq')),
+                       what='to listen on %s:%d' % (HOST, self.port('rabbitmq')))
         self._rabbitmqctl('await_startup', '--timeout', '60', timeout=90)
         if self._done('rabbitmq'):
             return
@@ -723,7 +831,7 @@ class Cloud:
         env['LOCALCLOUD_WSGI_ARGV'] = json.dumps([argv0] + (extra_argv or []))
         env['PYTHONPATH'] = HERE
         self._spawn(name, [
-            _venv_bin('gunicorn'), '--bind', '%s:%d' % (HOST, PORTS[name]), '--workers', '1',
+            _venv_bin('gunicorn'), '--bind', '%s:%d' % (HOST, self.port(name)), '--workers', '1',
             '--worker-class', 'gthread', '--threads', str(threads), '--timeout', '300',
             # Clients poll every few seconds over pooled connections: an idle timeout shorter
             # than the poll interval makes them send on a connection the server just closed.
@@ -762,7 +870,7 @@ class Cloud:
             name = 'nova-' + service
             if not self.pid(name):
                 self._spawn(name, [_venv_bin(name)] + self._nova_conf())
-        for host in COMPUTE_HOSTS:
+        for host in self.compute_hosts:
             name = 'nova-compute-' + host
             if not self.pid(name):
                 self._spawn(name, [sys.executable, os.path.join(HERE, 'nova_compute.py')]
@@ -813,10 +921,10 @@ class Cloud:
             for fut in futures:
                 fut.result()
 
-    def _keystone_manage(self, *args: str) -> None:
+    def _keystone_manage(self, *args: str, env: dict | None = None) -> None:
         self._run([_venv_bin('keystone-manage'), '--config-file',
                    os.path.join(self.etc, 'keystone', 'keystone.conf')] + list(args),
-                  timeout=300, log='keystone-manage')
+                  timeout=300, log='keystone-manage', env=env)
 
     def _setup_keystone_db(self) -> None:
         if self._done('keystone-db'):
@@ -827,9 +935,11 @@ class Cloud:
         self._keystone_manage('credential_setup', '--keystone-user', 'root',
                               '--keystone-group', 'root')
         public = self.url('keystone') + '/v3'
-        self._keystone_manage('bootstrap', '--bootstrap-password', self.secrets['admin'],
+        # The password goes in the environment, not on a command line other users can read.
+        self._keystone_manage('bootstrap',
                               '--bootstrap-admin-url', public, '--bootstrap-internal-url', public,
-                              '--bootstrap-public-url', public, '--bootstrap-region-id', REGION)
+                              '--bootstrap-public-url', public, '--bootstrap-region-id', REGION,
+                              env={'OS_BOOTSTRAP_PASSWORD': self.secrets['admin']})
         self._mark('keystone-db')
 
     def connection(self, *, admin: bool = True):
@@ -938,14 +1048,14 @@ class Cloud:
                         headers={'Content-Type': 'application/octet-stream'}, timeout=30)
 
     def _computes(self) -> tuple:
-        return tuple('nova-compute-' + h for h in COMPUTE_HOSTS)
+        return tuple('nova-compute-' + h for h in self.compute_hosts)
 
     def _computes_up(self) -> bool:
         try:
             conn = self.connection()
             up = [s for s in conn.compute.services(binary='nova-compute')
                   if s.state == 'up' and s.status == 'enabled' and self._heard_since_start(s)]
-            return len(up) >= len(COMPUTE_HOSTS)
+            return len(up) >= len(self.compute_hosts)
         except Exception:  # any API error means: not yet
             return False
 
@@ -978,8 +1088,8 @@ class Cloud:
         owners = {'keystone': 'keystone', 'glance': 'glance', 'placement': 'placement',
                   'nova-api': 'nova-api', 'nullnet': 'nullnet', 'heat-api': 'heat-api',
                   'rabbitmq': 'rabbitmq', 'rabbitmq-dist': 'rabbitmq', 'epmd': 'epmd'}
-        busy = [(service, PORTS[service]) for service, owner in owners.items()
-                if self.pid(owner) is None and _port_in_use(PORTS[service])]
+        busy = [(service, self.port(service)) for service, owner in owners.items()
+                if self.pid(owner) is None and _port_in_use(self.port(service))]
         if busy:
             raise CloudError(
                 'cannot start the local cloud in %s: these ports on %s are already in use by '
@@ -1025,6 +1135,7 @@ class Cloud:
             os.unlink(self._marker('ready'))
         os.makedirs(self.path('run'), exist_ok=True)
         os.makedirs(self.path('log'), exist_ok=True)
+        self._save_settings()
         self._check_ports()
         self.write_configs()
         self._start_mariadb()
@@ -1071,6 +1182,33 @@ class Cloud:
             f.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), line))
         return {'already_running': False, 'cold': cold, 'seconds': elapsed, 'rss_mib': rss}
 
+    def restart(self, names: list[str], *, crash: bool = False) -> dict:
+        """Restart some of the cloud's services (for fault tests) and wait until all are ready.
+
+        ``crash`` kills them with SIGKILL (no orderly shutdown) instead of SIGTERM.
+        """
+        unknown = sorted(set(names) - set(self.services()))
+        if unknown:
+            raise CloudError('no such service in the local cloud: %s (services: %s)' % (
+                ', '.join(unknown), ', '.join(self.services())))
+        with self._lock():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._marker('ready'))
+            groups = [pid for pid in (self.pid(name) for name in names) if pid is not None]
+            for name in names:
+                pid = self.pid(name)
+                if crash and pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                else:
+                    self._stop_process(name)
+            self._wait_gone(list(names))
+            # A killed leader is gone at once; its workers may hold the port a moment longer.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+                time.sleep(0.1)
+            return self._start()
+
     def nova_pci_devices(self) -> list[dict]:
         """Nova's PCI tracker records (table pci_devices of the cell database), one per device."""
         out = self._mysql(
@@ -1109,7 +1247,7 @@ class Cloud:
             tiers = [
                 ['heat-api', 'heat-engine', 'nova-api', 'nullnet', 'glance', 'placement',
                  'nova-scheduler', 'nova-conductor']
-                + ['nova-compute-%s' % h for h in COMPUTE_HOSTS],
+                + ['nova-compute-%s' % h for h in self.compute_hosts],
                 ['keystone'],
                 ['rabbitmq', 'mariadb'],
                 ['epmd'],
@@ -1145,6 +1283,9 @@ class Cloud:
         for name, pid in self.running().items():
             lines.append('%-28s %s' % (name, 'running (pid %d)' % pid if pid else 'stopped'))
         lines.append('state directory: %s' % self.state)
+        lines.append('layout: %s (%d GPUs on %s); port offset: %d' % (
+            self.settings['layout'], sum(len(d) for d in self.host_devices.values()),
+            ', '.join(self.compute_hosts), self.settings['port_offset']))
         lines.append('ready: %s' % ('yes' if self.is_up() else 'no'))
         return '\n'.join(lines)
 
