@@ -21,6 +21,7 @@ oslo-config-generator (namespace ``heat_gpu``).
 import os
 
 from oslo_config import cfg
+from oslo_config import types
 from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ DEFAULT_PCI_IDS_PATHS = (
     '/usr/share/hwdata/pci.ids',
     '/usr/share/pci.ids',
 )
+
+#: The default of trusted_keyring_fingerprints as the help text shows it; a unit test checks that
+#: it names heat_gpu.cuda.NVIDIA_REPO_KEY_FINGERPRINTS (imported lazily: cuda imports catalog,
+#: which imports this module).
+DEFAULT_KEYRING_FINGERPRINTS_TEXT = 'EB693B3035CD5710E231E123A4B469963BF863CC'
 
 heat_gpu_group = cfg.OptGroup(
     name=GROUP,
@@ -70,6 +76,15 @@ heat_gpu_opts = [
         max=86400,
         help='Seconds an OS::GPU::CudaInstance waits for its guest to report that the driver '
              'and CUDA are installed and verified, when the template does not say.'),
+    cfg.IntOpt(
+        'api_outage_tolerance',
+        default=300,
+        min=0,
+        max=3600,
+        help='Seconds an OS::GPU::CudaInstance keeps waiting for its server to become ACTIVE '
+             'while the Compute API cannot be reached or answers 502/503/504 (a nova-api '
+             'restart or a load balancer failover), before the resource fails. 0 fails at the '
+             'first such error, as OS::Nova::Server does.'),
     cfg.FloatOpt(
         'sample_min_ratio',
         default=0.8,
@@ -90,6 +105,16 @@ heat_gpu_opts = [
         help='Base URL of a mirror of the NVIDIA driver and CUDA downloads, for clouds whose '
              'instances cannot reach the internet. Used when an OS::GPU::CudaInstance leaves '
              'mirror_url unset; unset means the NVIDIA download sites.'),
+    cfg.ListOpt(
+        'trusted_keyring_fingerprints',
+        item_type=types.String(regex=r'^[0-9A-Fa-f]{40}$'),
+        help='OpenPGP fingerprints (40 hex digits, no blanks) of the keys an instance accepts in '
+             'the keyring of NVIDIA\'s cuda-keyring package (Debian and Ubuntu guests): the boot '
+             'script refuses to install a cuda-keyring whose keyring holds any other key, so a '
+             'mirror or proxy cannot bring its own repository key. Unset means the key NVIDIA '
+             'signs its CUDA repositories with, %s (key id 3bf863cc). A list replaces that '
+             'default: to add the key of a mirror that re-signs the repository, list both.'
+             % DEFAULT_KEYRING_FINGERPRINTS_TEXT),
     cfg.DictOpt(
         'alias_map',
         default={},
@@ -124,6 +149,20 @@ def pci_ids_candidates(*, conf: cfg.ConfigOpts | None = None) -> list[str]:
     if configured:
         return [configured]
     return list(DEFAULT_PCI_IDS_PATHS)
+
+
+def trusted_keyring_fingerprints(*, conf: cfg.ConfigOpts | None = None) -> list[str]:
+    """Return the trusted cuda-keyring fingerprints, upper case.
+
+    The ``[heat_gpu] trusted_keyring_fingerprints`` option, else NVIDIA's repository key
+    (``heat_gpu.cuda.NVIDIA_REPO_KEY_FINGERPRINTS``).
+    """
+    from heat_gpu import cuda
+    conf = conf if conf is not None else cfg.CONF
+    configured = conf.heat_gpu.trusted_keyring_fingerprints
+    if not configured:
+        return list(cuda.NVIDIA_REPO_KEY_FINGERPRINTS)
+    return [f.upper() for f in configured]
 
 
 def alias_map(*, conf: cfg.ConfigOpts | None = None) -> dict[str, str]:

@@ -56,6 +56,17 @@ LAST_BRANCH_BEFORE_TURING_ONLY = 580
 #: Minor version compatibility: the lowest driver branch each CUDA major line runs on.
 MAJOR_MIN_BRANCH = {11: 450, 12: 525, 13: 580}
 
+#: OpenPGP fingerprints of the keys allowed in the keyring of NVIDIA's ``cuda-keyring`` package
+#: (Debian/Ubuntu repositories). The boot script refuses to install a cuda-keyring whose keyring
+#: holds any other key. The key that signs NVIDIA's CUDA repositories for Debian and Ubuntu since
+#: NVIDIA's April 2022 announcement of the repository signing key rotation ("Updating the CUDA Linux
+#: GPG Repository Key", key id 3bf863cc); cuda-keyring 1.1 ships it as
+#: /usr/share/keyrings/cuda-archive-keyring.gpg. Operators replace or extend the list with the
+#: ``[heat_gpu] trusted_keyring_fingerprints`` option.
+NVIDIA_REPO_KEY_FINGERPRINTS = ('EB693B3035CD5710E231E123A4B469963BF863CC',)
+#: The keyring package of NVIDIA's Debian/Ubuntu repositories.
+KEYRING_PACKAGE = 'cuda-keyring_1.1-1_all.deb'
+
 
 @dataclasses.dataclass(frozen=True)
 class CudaRelease:

@@ -41,6 +41,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from heat_gpu import config
 from heat_gpu import cuda
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -82,8 +83,12 @@ def guest_settings(settings: dict[str, Any]) -> dict[str, Any]:
     ``cuda_version``, ``driver_branch``, ``kernel_modules`` and ``install_method`` may be
     ``auto``; the choice (``heat_gpu.cuda.select``) adds ``cuda_candidates`` (newest first),
     ``kernel_modules_auto`` and ``cuda_auto``. ``gpu_count`` becomes ``expected_gpu_count``.
+    ``keyring_fingerprints`` (the keys the boot script accepts in NVIDIA's cuda-keyring package)
+    defaults to the ``[heat_gpu] trusted_keyring_fingerprints`` option.
     """
     out = {k: v for k, v in settings.items() if v is not None}
+    if not out.get('keyring_fingerprints'):
+        out['keyring_fingerprints'] = config.trusted_keyring_fingerprints()
     choice = cuda.select(gpu_model=settings.get('gpu_model'),
                          cuda_version=settings.get('cuda_version') or cuda.AUTO,
                          driver_branch=settings.get('driver_branch') or cuda.AUTO,

@@ -116,6 +116,8 @@ cands = ['%s:%s:%s' % (c['cuda'], c['branch'], c.get('runfile', ''))
 print('S_CANDIDATES=(%s)' % ' '.join(shlex.quote(c) for c in cands))
 sums = ['%s=%s' % (k, v) for k, v in sorted((s.get('checksums') or {}).items())]
 print('S_CHECKSUMS=(%s)' % ' '.join(shlex.quote(c) for c in sums))
+fprs = [str(f).replace(' ', '').upper() for f in s.get('keyring_fingerprints') or ()]
+print('S_KEYRING_FPRS=(%s)' % ' '.join(shlex.quote(f) for f in fprs))
 PY
 }
 
@@ -504,6 +506,7 @@ choose() {
     fi
     METHOD=$S_METHOD
     [ "$METHOD" = auto ] && METHOD=packages
+    [ "$METHOD" = runfile ] && require_runfile_checksum
     printf '%s\n' "$CUDA" "$BRANCH" "$RUNFILE" "$MODULES" "$METHOD" "$repo" > "$STATE/selection"
     log "selected CUDA $CUDA, driver branch $BRANCH, $MODULES kernel modules, method $METHOD ($repo)"
 }
@@ -608,12 +611,98 @@ rewrite_to_mirror() {
     done
 }
 
+# gpg, from the distribution's own (signed) repositories when the image lacks it.
+ensure_gpg() {
+    command -v gpg >/dev/null 2>&1 && return 0
+    log "gpg is missing: installing the distribution's gnupg package to read the cuda-keyring"
+    pkg_install gnupg
+    command -v gpg >/dev/null 2>&1 || fail "gpg is still missing after installing gnupg; see log_tail"
+}
+
+# primary_fingerprints KEYRING: the fingerprint of every primary key in KEYRING, one a line.
+primary_fingerprints() {
+    local home="$WORK/gnupg"
+    [ -d "$home" ] || mkdir -m 700 "$home"
+    gpg --batch --no-tty --homedir "$home" --show-keys --with-colons "$1" \
+        | awk -F: '$1 == "pub" || $1 == "sec" { want = 1; next }
+                   $1 == "fpr" && want { print toupper($10); want = 0 }'
+}
+
+# verify_keyring_deb DEB: before dpkg runs anything of it, unpack the cuda-keyring package and
+# refuse it unless every key of every keyring inside is one of the trusted fingerprints
+# (settings keyring_fingerprints): the keyring decides which repository signatures apt accepts.
+verify_keyring_deb() {
+    local deb=$1 name dir f fpr fprs found=() untrusted=() files=() expected
+    name=${deb##*/}
+    expected=$(printf '%s ' "${S_KEYRING_FPRS[@]}")
+    expected=${expected% }
+    [ -n "$expected" ] || fail "the settings name no trusted repository key (keyring_fingerprints), so $name cannot be verified; accepted: settings written by heat-gpu (the [heat_gpu] trusted_keyring_fingerprints option of heat.conf) or by the provider template"
+    ensure_gpg
+    dir="$WORK/keyring-deb"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    run_quiet dpkg-deb -x "$deb" "$dir" || fail "dpkg-deb -x cannot unpack $name: the mirror or a proxy serves something that is not NVIDIA's cuda-keyring package; use a mirror that serves it unchanged"
+    [ -f "$dir/usr/share/keyrings/cuda-archive-keyring.gpg" ] || fail "$name has no /usr/share/keyrings/cuda-archive-keyring.gpg: it is not NVIDIA's cuda-keyring package; use a mirror that serves it unchanged"
+    mapfile -t files < <(find "$dir" -type f \( -name '*.gpg' -o -name '*.asc' -o -path '*/trusted.gpg.d/*' \) | sort)
+    for f in "${files[@]}"; do
+        fprs=$(primary_fingerprints "$f") || fail "gpg cannot read the keyring ${f#"$dir"} in $name; see log_tail. Use a mirror that serves NVIDIA's cuda-keyring unchanged"
+        [ -n "$fprs" ] || fail "the keyring ${f#"$dir"} in $name holds no key; use a mirror that serves NVIDIA's cuda-keyring unchanged"
+        while read -r fpr; do
+            found+=("$fpr")
+            case " $expected " in
+                *" $fpr "*) ;;
+                *) untrusted+=("$fpr (${f#"$dir"})") ;;
+            esac
+        done <<< "$fprs"
+    done
+    if [ "${#untrusted[@]}" -gt 0 ]; then
+        fail "untrusted repository key in $name: expected only $expected (keyring_fingerprints), found ${untrusted[*]}; refusing to install it. The mirror or a proxy serves a keyring NVIDIA did not publish: use a mirror that serves NVIDIA's cuda-keyring unchanged, or, if NVIDIA rotated its repository key, add the new fingerprint to the [heat_gpu] trusted_keyring_fingerprints option"
+    fi
+    log "keyring of $name verified: key(s) ${found[*]} trusted"
+}
+
+# verify_repo_file FILE: refuse a yum/dnf repository file that lets unsigned packages in.
+verify_repo_file() {
+    local file=$1 problem
+    problem=$(python3 - "$file" <<'PY'
+import configparser, sys
+parser = configparser.RawConfigParser(strict=False)
+try:
+    parser.read(sys.argv[1], encoding='utf-8')
+except (configparser.Error, UnicodeDecodeError) as ex:
+    print('it is not a repository file (%s)' % str(ex).splitlines()[0])
+    sys.exit(0)
+if not parser.sections():
+    print('it has no repository section')
+    sys.exit(0)
+bad = []
+for name in parser.sections():
+    why = []
+    check = parser.get(name, 'gpgcheck', fallback='').strip()
+    if check.lower() not in ('1', 'yes', 'true', 'on'):
+        why.append('gpgcheck=%s' % check if check else 'no gpgcheck=')
+    keys = parser.get(name, 'gpgkey', fallback='').replace(',', ' ').split()
+    if not keys:
+        why.append('no gpgkey=')
+    why += ['gpgkey=%s is not https://' % k for k in keys if not k.startswith('https://')]
+    if why:
+        bad.append('[%s] %s' % (name, ', '.join(why)))
+print('; '.join(bad))
+PY
+) || fail "python3 could not read the repository file ${file##*/}; see log_tail"
+    if [ -n "$problem" ]; then
+        fail "refusing the repository file ${file##*/}: every section must have gpgcheck=1 and a gpgkey= on https://, so that dnf/yum check NVIDIA's package signatures; found: $problem. Use a mirror that serves NVIDIA's repository file unchanged"
+    fi
+    log "repository file ${file##*/} verified: gpgcheck=1 and an https gpgkey in every section"
+}
+
 add_repo() {
     local url
     case "$FAMILY" in
         debian)
             url="$(base_url)/compute/cuda/repos/$REPO/x86_64/cuda-keyring_1.1-1_all.deb"
             download "$url" "$WORK/cuda-keyring_1.1-1_all.deb"
+            verify_keyring_deb "$WORK/cuda-keyring_1.1-1_all.deb"
             run_quiet dpkg -i "$WORK/cuda-keyring_1.1-1_all.deb" || fail "dpkg -i cuda-keyring failed; see log_tail"
             rewrite_to_mirror
             DEBIAN_FRONTEND=noninteractive run_quiet apt-get update -q || fail "apt-get update failed after adding NVIDIA's repository $REPO; see log_tail"
@@ -621,6 +710,7 @@ add_repo() {
         rhel)
             url="$(base_url)/compute/cuda/repos/$REPO/x86_64/cuda-$REPO.repo"
             download "$url" "$WORK/cuda-$REPO.repo"
+            verify_repo_file "$WORK/cuda-$REPO.repo"
             if command -v dnf >/dev/null 2>&1; then
                 run_quiet dnf config-manager --add-repo "$WORK/cuda-$REPO.repo" || fail "dnf config-manager --add-repo failed; see log_tail"
             else
@@ -664,12 +754,20 @@ driver_packages() {
     esac
 }
 
-runfile_install() {
-    local full url args=(--silent --driver --toolkit)
+# The runfile runs as root: only with the sha256 the instance's checksums property gives.
+require_runfile_checksum() {
     case "$RUNFILE" in
         cuda_*_linux.run) ;;
         *) fail "install_method runfile needs the runfile name of CUDA $CUDA (cuda_candidates[].runfile, e.g. cuda_12.8.1_570.124.06_linux.run); accepted: a candidate with a runfile, or install_method packages" ;;
     esac
+    if [ -z "$(checksum_for "$RUNFILE")" ]; then
+        fail "refusing to run the CUDA runfile $RUNFILE as root without a known sha256: add checksums: {$RUNFILE: <sha256>} (NVIDIA lists checksums on the runfile's download page), or use install_method packages"
+    fi
+}
+
+runfile_install() {
+    local full url args=(--silent --driver --toolkit)
+    require_runfile_checksum
     full=${RUNFILE#cuda_}
     full=${full%%_*}
     url="$(base_url)/compute/cuda/$full/local_installers/$RUNFILE"

@@ -21,6 +21,7 @@ import re
 from typing import Any
 import urllib.parse
 
+from keystoneauth1 import exceptions as ks_exceptions
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import timeutils
@@ -86,6 +87,8 @@ class _BootWait:
     deadline: datetime.datetime
     timeout: int
     active: bool = False
+    # When the Compute API first failed to answer in the current outage (None: it answers).
+    outage_since: datetime.datetime | None = None
 
 
 class CudaInstance(_Server):
@@ -174,7 +177,8 @@ class CudaInstance(_Server):
             'How to install: "packages" (NVIDIA\'s distribution repositories), "runfile" '
             '(the NVIDIA .run installer), "preinstalled" (the image has them; only verify) '
             'or "auto" (pre-installed when nvidia-smi works, else packages where NVIDIA '
-            'publishes them for the distribution, else the runfile).',
+            'publishes them for the distribution, else the runfile). The runfile runs as root, '
+            'so "runfile" needs its SHA-256 in checksums (refused at validation otherwise).',
             default='auto',
             constraints=[constraints.AllowedValues(INSTALL_METHODS)]),
         KERNEL_MODULES: properties.Schema(
@@ -192,7 +196,11 @@ class CudaInstance(_Server):
             properties.Schema.MAP,
             'SHA-256 checksums (64 hex digits) of downloaded files, keyed by file name, '
             'e.g. {"cuda_12.4.1_550.54.15_linux.run": "367d2299..."}. A download whose '
-            'checksum differs stops the install.',
+            'checksum differs stops the install. Required for the CUDA runfile (NVIDIA lists '
+            'checksums on the runfile\'s download page): the guest refuses to run a runfile '
+            'whose checksum is not given. Optional for cuda-keyring_1.1-1_all.deb, whose '
+            'keyring is checked anyway against the [heat_gpu] trusted_keyring_fingerprints '
+            'option.',
             default={}),
         BOOTSTRAP_TIMEOUT: properties.Schema(
             properties.Schema.INTEGER,
@@ -291,13 +299,7 @@ class CudaInstance(_Server):
         if status == GUEST_FAILURE:
             raise exception.Error(self._failure_text(reason, report))
         if not wait.active:
-            try:
-                wait.active = super().check_create_complete(wait.server_id)
-            except exception.ResourceInError as ex:
-                if _NO_VALID_HOST not in str(ex):
-                    raise
-                raise exception.Error(self._no_gpu_host_text(
-                    ex.kwargs.get('status_reason') or str(ex))) from ex
+            wait.active = self._server_active(wait)
         if wait.active and status == GUEST_SUCCESS:
             return True
         if timeutils.utcnow() > wait.deadline:
@@ -305,6 +307,42 @@ class CudaInstance(_Server):
                                                    timeout=wait.timeout)
             raise exception.Error(str(error))
         return False
+
+    def _server_active(self, wait: _BootWait) -> bool:
+        """Whether nova has the server ACTIVE; a short Compute API outage only means "not yet".
+
+        A nova-api restart while the server builds would otherwise fail a stack whose server
+        and guest are fine. The outage is tolerated for [heat_gpu] api_outage_tolerance seconds.
+        """
+        try:
+            active = super().check_create_complete(wait.server_id)
+        except exception.ResourceInError as ex:
+            if _NO_VALID_HOST not in str(ex):
+                raise
+            raise exception.Error(self._no_gpu_host_text(
+                ex.kwargs.get('status_reason') or str(ex))) from ex
+        except Exception as ex:
+            if not _is_api_outage(ex):
+                raise
+            now = timeutils.utcnow()
+            if wait.outage_since is None:
+                wait.outage_since = now
+                LOG.warning('%s: the Compute API did not answer while server %s builds (%s); '
+                            'waiting up to %d s for it to return', self.name, wait.server_id,
+                            ex, cfg.CONF.heat_gpu.api_outage_tolerance)
+            tolerance = cfg.CONF.heat_gpu.api_outage_tolerance
+            if (now - wait.outage_since).total_seconds() >= tolerance:
+                raise exception.Error(
+                    'The Compute API could not be reached for %d s while server %s was '
+                    'building (last error: %s). The server may still exist: delete the stack '
+                    'to remove it, check nova-api, and raise [heat_gpu] api_outage_tolerance '
+                    'if restarts take longer.' % (tolerance, wait.server_id, ex)) from ex
+            return False
+        if wait.outage_since is not None:
+            LOG.info('%s: the Compute API answers again after %d s', self.name,
+                     (timeutils.utcnow() - wait.outage_since).total_seconds())
+            wait.outage_since = None
+        return active
 
     def _resolve_attribute(self, name: str) -> Any:
         if name not in self.ATTRIBUTES:
@@ -379,11 +417,29 @@ class CudaInstance(_Server):
 
     def _check_cuda(self, request: gpu_request.GpuRequest) -> None:
         """Check the CUDA version, driver branch and module flavour against the GPU model."""
-        cuda.select(gpu_model=self._model(request),
-                    cuda_version=self._setting(self.CUDA_VERSION, 'default_cuda_version'),
-                    driver_branch=self._setting(self.DRIVER_BRANCH, 'default_driver_branch'),
-                    kernel_modules=self.properties[self.KERNEL_MODULES],
-                    install_method=self.properties[self.INSTALL_METHOD])
+        choice = cuda.select(
+            gpu_model=self._model(request),
+            cuda_version=self._setting(self.CUDA_VERSION, 'default_cuda_version'),
+            driver_branch=self._setting(self.DRIVER_BRANCH, 'default_driver_branch'),
+            kernel_modules=self.properties[self.KERNEL_MODULES],
+            install_method=self.properties[self.INSTALL_METHOD])
+        if choice.install_method == cuda.RUNFILE:
+            self._check_runfile_checksum(choice)
+
+    def _check_runfile_checksum(self, choice: cuda.Selection) -> None:
+        """The runfile runs as root in the guest: its sha256 must be in checksums."""
+        checksums = self.properties[self.CHECKSUMS] or {}
+        runfiles = [c['runfile'] for c in choice.candidates if c.get('runfile')]
+        if not runfiles or any(r in checksums for r in runfiles):
+            return
+        raise gpu_exception.HeatGpuError(
+            'Invalid value %r for %s: the guest runs the CUDA runfile as root only when its '
+            'sha256 is known, and checksums does not name %s (the runfile of CUDA %s)%s. '
+            'Accepted: add checksums: {%s: <sha256>} (NVIDIA lists checksums on the '
+            'runfile\'s download page), or install_method packages or auto.'
+            % (cuda.RUNFILE, self.INSTALL_METHOD, runfiles[0], choice.cuda_version,
+               ' nor the runfile of another CUDA line cuda_version auto may pick'
+               if len(runfiles) > 1 else '', runfiles[0]))
 
     def _validate_download_settings(self) -> None:
         mirror = self.properties[self.MIRROR_URL]
@@ -457,6 +513,7 @@ class CudaInstance(_Server):
             'kernel_modules': self.properties[self.KERNEL_MODULES],
             'mirror_url': self._setting(self.MIRROR_URL, 'mirror_url'),
             'checksums': dict(self.properties[self.CHECKSUMS] or {}),
+            'keyring_fingerprints': config.trusted_keyring_fingerprints(),
             'gpu_model': model.key if model else None,
             'gpu_mode': request.mode,
             'gpu_count': request.count,
@@ -512,6 +569,17 @@ class CudaInstance(_Server):
         if not tail:
             return str(error)
         return '%s\nLast %d log lines:\n%s' % (error, len(tail), '\n'.join(tail))
+
+
+def _is_api_outage(ex: Exception) -> bool:
+    """An error that says the API is (briefly) unreachable, not that the request is wrong."""
+    if isinstance(ex, (ks_exceptions.ConnectFailure, ks_exceptions.ConnectTimeout)):
+        return True
+    if isinstance(ex, (ks_exceptions.BadGateway, ks_exceptions.ServiceUnavailable,
+                       ks_exceptions.GatewayTimeout)):
+        return True
+    code = getattr(ex, 'code', None) or getattr(ex, 'http_status', None)
+    return code in (502, 503, 504)
 
 
 def _is_https_base_url(url: str) -> bool:

@@ -19,7 +19,9 @@ claims), and stacks end in a final state (COMPLETE or FAILED, then deleted).
 
 import collections
 import json
+import os
 import re
+import signal
 import socket
 import textwrap
 import time
@@ -267,3 +269,88 @@ class TestContention(FaultTestCase):
             self.delete_stack(stack_id)
         self.assert_gone(winner)
         self.assertEqual({}, self._a100_holders())
+
+
+class TestServiceRestarts(FaultTestCase):
+    """Services of the cloud restarted under a create: the stack still ends in a final state."""
+
+    def _log_since(self, name: str, offset: int) -> str:
+        with open(os.path.join(self.cloud.logs, name + '.log'), encoding='utf-8',
+                  errors='replace') as f:
+            f.seek(offset)
+            return f.read()
+
+    def _log_size(self, name: str) -> int:
+        return os.path.getsize(os.path.join(self.cloud.logs, name + '.log'))
+
+    def _hold_scheduler(self) -> None:
+        """Freeze nova-scheduler so new servers stay in BUILD until ``_release_scheduler``."""
+        pgid = self.cloud.pid('nova-scheduler')
+        self.assertIsNotNone(pgid, 'nova-scheduler is not running')
+        os.killpg(pgid, signal.SIGSTOP)
+        self.addCleanup(self._release_scheduler)
+
+    def _release_scheduler(self) -> None:
+        pgid = self.cloud.pid('nova-scheduler')
+        if pgid is not None:
+            os.killpg(pgid, signal.SIGCONT)
+
+    def test_nova_api_crash_while_the_server_builds(self):
+        # The scheduler is held so the server is still BUILDing (the resource polls nova for it)
+        # when nova-api dies; the resource waits the outage out instead of failing the stack.
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        engine_log = self._log_size('heat-engine')
+        self._hold_scheduler()
+        stack_id = self.create_stack(template=INSTANCE_TEMPLATE, parameters={
+            'flavor': flavor.id, 'image': 'ubuntu-22.04-cuda-prebaked'})
+        server_id = self.wait_until(lambda: self.server_of(stack_id),
+                                    what='the server of stack %s' % stack_id, timeout=120)
+        self.assertEqual('BUILD', self.admin.compute.get_server(server_id).status)
+
+        self.cloud.restart(['nova-api'], crash=True)
+        self._release_scheduler()
+
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        self.assertEqual(server_id, self.outputs(stack)['server_id'])
+        self.assertEqual('SUCCESS', self.outputs(stack)['bootstrap_status'])
+        self.assertEqual(1, len(self.pci_devices(instance_uuid=server_id)))
+        # The resource did meet the outage (else this test proved nothing) and got over it.
+        log = self._log_since('heat-engine', engine_log)
+        self.assertIn('the Compute API did not answer while server %s builds' % server_id, log)
+        self.assertIn('the Compute API answers again after', log)
+
+        self.delete_stack(stack_id)
+        self.assert_stack_deleted(stack_id)
+        self.assert_gone(server_id)
+
+    def test_heat_engine_crash_during_create(self):
+        # heat-engine dies while the guest installs. Heat's convergence engine does not resume
+        # the resource's wait after a restart, so the stack stays CREATE_IN_PROGRESS; cancelling
+        # the create (what the README tells the operator to do) ends it in CREATE_FAILED, and a
+        # delete then removes the server and frees the GPU.
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        stack_id = self.create_stack(template=INSTANCE_TEMPLATE,
+                                     parameters={'flavor': flavor.id})
+        server_id = self.wait_until(lambda: self.server_of(stack_id),
+                                    what='the server of stack %s' % stack_id, timeout=120)
+        self.wait_until(lambda: self.phase_events(stack_id),
+                        what='the first phase signal of stack %s' % stack_id, timeout=180)
+
+        self.cloud.restart(['heat-engine'], crash=True)
+
+        # The new engine serves requests, including the guest's later signals.
+        self.wait_until(lambda: 'verify' in self.phase_events(stack_id),
+                        what='the guest of stack %s signalling the new engine' % stack_id,
+                        timeout=240)
+        self.assertEqual('CREATE_IN_PROGRESS', self.heat_demo.stacks.get(stack_id).stack_status)
+
+        self.heat_demo.actions.cancel_without_rollback(stack_id)
+        error = self.assertRaises(base.StackFailed, self.wait_for_stack, stack_id,
+                                  'CREATE_COMPLETE', timeout=120)
+        self.assertIn('CREATE_FAILED', str(error))
+        self.assertIn('cancelled', self.heat_demo.stacks.get(stack_id).stack_status_reason)
+        self.assertEqual(1, len(self.pci_devices(instance_uuid=server_id)))
+
+        self.delete_stack(stack_id)
+        self.assert_stack_deleted(stack_id)
+        self.assert_gone(server_id)

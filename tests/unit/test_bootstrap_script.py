@@ -400,6 +400,157 @@ class TestFailures(_Base):
         self.assertEqual('reboot', report['phase'])
 
 
+class TestDownloadTrust(_Base):
+    """What the script installs or runs from a download is verified first (issue #7)."""
+
+    KEYRING = 'cuda-keyring_1.1-1_all.deb'
+    NVIDIA_FPR = 'EB693B3035CD5710E231E123A4B469963BF863CC'
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cloud = sandbox.FakeCloud()
+        self.addCleanup(self.cloud.stop)
+
+    def failed(self, **kwargs) -> tuple:
+        return TestFailures.failed(self, **kwargs)
+
+    def order(self, b) -> list:
+        """(cmd, first argument) of every command, in order."""
+        return [(c['cmd'], (c['args'] or [''])[0]) for c in b.commands()]
+
+    def test_trusted_keyring_is_checked_before_dpkg_runs(self) -> None:
+        self.assertEqual((self.NVIDIA_FPR, 'cudatools <cudatools@nvidia.com>'),
+                         sandbox.gpusim.NVIDIA_KEY)
+        b = self.boot()
+        self.assertEqual('SUCCESS', b.final_status(), b.log())
+        self.assertIn('keyring of %s verified: key(s) %s trusted'
+                      % (self.KEYRING, self.NVIDIA_FPR), b.log())
+        order = self.order(b)
+        unpack = order.index(('dpkg-deb', '-x'))
+        show = next(i for i, c in enumerate(b.commands()) if c['cmd'] == 'gpg' and
+                    '--show-keys' in c['args'] and c['rc'] == 0)
+        install = order.index(('dpkg', '-i'))
+        self.assertLess(unpack, show)
+        self.assertLess(show, install)
+        # Ubuntu has gpg: no gnupg package; the keyring dpkg installed is the one checked.
+        self.assertNotIn('gnupg', _installs(b.commands()))
+        self.assertEqual(sandbox.gpusim.keyring([sandbox.gpusim.NVIDIA_KEY]).decode(),
+                         b.file('/usr/share/keyrings/cuda-archive-keyring.gpg'))
+
+    def test_gnupg_installed_from_the_distribution_when_gpg_is_missing(self) -> None:
+        b = self.boot(distro='debian', version='12')
+        self.assertEqual('SUCCESS', b.final_status(), b.log())
+        order = self.order(b)
+        gnupg = next(i for i, c in enumerate(b.commands())
+                     if c['cmd'] == 'apt-get' and 'gnupg' in c['args'])
+        self.assertLess(gnupg, order.index(('gpg', '--batch')))
+        self.assertLess(order.index(('gpg', '--batch')), order.index(('dpkg', '-i')))
+        self.assertIn('installing the distribution\'s gnupg package', b.log())
+
+    def test_untrusted_keyring_is_refused_and_dpkg_never_runs(self) -> None:
+        rogue = sandbox.gpusim.ROGUE_KEY[0]
+        self.assertNotEqual(self.NVIDIA_FPR, rogue)
+        b, reason, report = self.failed(faults=['keyring-untrusted'])
+        self.assertIn('untrusted repository key in %s' % self.KEYRING, reason)
+        self.assertIn('expected only %s' % self.NVIDIA_FPR, reason)
+        self.assertIn('found %s (/usr/share/keyrings/cuda-archive-keyring.gpg)' % rogue, reason)
+        self.assertIn('[heat_gpu] trusted_keyring_fingerprints', reason)
+        self.assertIn('use a mirror that serves NVIDIA\'s cuda-keyring unchanged', reason)
+        self.assertEqual('install-driver', report['phase'])
+        self.assertEqual(['-x'], [c['args'][0] for c in b.commands('dpkg-deb')])
+        self.assertEqual([], b.commands('dpkg'))
+        self.assertFalse(os.path.exists(os.path.join(
+            self.root, 'usr/share/keyrings/cuda-archive-keyring.gpg')))
+        self.assertEqual([], b.state()['repos'])
+        self.assertEqual([], [p for p in _installs(b.commands()) if p.startswith('cuda')])
+
+    def test_fingerprints_come_from_the_settings(self) -> None:
+        # An operator who trusts the mirror's key (trusted_keyring_fingerprints) gets through...
+        rogue = sandbox.gpusim.ROGUE_KEY[0]
+        settings = sandbox.base_settings(keyring_fingerprints=[self.NVIDIA_FPR, rogue.lower()])
+        b = self.boot(settings=settings, faults=['keyring-untrusted'])
+        self.assertEqual('SUCCESS', b.final_status(), b.log())
+        self.assertEqual(1, len(b.commands('dpkg')))
+
+    def test_nvidia_keyring_refused_when_the_settings_trust_another_key(self) -> None:
+        settings = sandbox.base_settings(keyring_fingerprints=['AB' * 20])
+        b, reason, report = self.failed(settings=settings)
+        self.assertIn('expected only %s (keyring_fingerprints), found %s'
+                      % ('AB' * 20, self.NVIDIA_FPR), reason)
+        self.assertEqual([], b.commands('dpkg'))
+
+    def test_settings_without_fingerprints_refuse_the_keyring(self) -> None:
+        settings = sandbox.base_settings()
+        del settings['keyring_fingerprints']
+        b, reason, report = self.failed(settings=settings)
+        self.assertIn('the settings name no trusted repository key (keyring_fingerprints)',
+                      reason)
+        self.assertEqual([], b.commands('dpkg'))
+
+    def test_keyring_checksum_still_applies(self) -> None:
+        # A checksum in checksums is checked as well: a wrong one stops even NVIDIA's keyring.
+        settings = sandbox.base_settings(checksums={self.KEYRING: 'ab' * 32})
+        b, reason, report = self.failed(settings=settings)
+        self.assertIn('checksum mismatch for %s' % self.KEYRING, reason)
+        self.assertEqual([], b.commands('dpkg'))
+        self.assertEqual([], b.commands('dpkg-deb'))
+
+    def test_repo_file_without_gpgcheck_is_refused(self) -> None:
+        b, reason, report = self.failed(distro='rocky', version='9', faults=['repo-no-gpgcheck'])
+        self.assertIn('refusing the repository file cuda-rhel9.repo', reason)
+        self.assertIn('[cuda-rhel9-x86_64] gpgcheck=0, no gpgkey=', reason)
+        self.assertIn('gpgcheck=1 and a gpgkey= on https://', reason)
+        self.assertEqual([], [c for c in b.commands('dnf') if c['args'][:1] == ['config-manager']])
+        self.assertFalse(os.path.exists(os.path.join(self.root, 'etc/yum.repos.d')))
+
+    def test_repo_file_with_gpgcheck_passes(self) -> None:
+        b = self.boot(distro='rhel', version='7')
+        self.assertEqual('SUCCESS', b.final_status(), b.log())
+        repo = b.file('/etc/yum.repos.d/cuda-rhel7.repo')
+        self.assertIn('gpgcheck=1\n', repo)
+        self.assertIn('gpgkey=https://', repo)
+        self.assertIn('repository file cuda-rhel7.repo verified', b.log())
+
+    def test_repo_file_check_reads_every_section(self) -> None:
+        # A second section with a plain-http key (on a continuation line) is caught too.
+        script = os.path.join(self.root, 'check-repo.sh')
+        repo = os.path.join(self.root, 'extra.repo')
+        with open(repo, 'w', encoding='utf-8') as f:
+            f.write('[a]\nbaseurl=https://x/a\ngpgcheck=1\ngpgkey=https://x/k.pub\n'
+                    '[b]\nbaseurl=https://x/b\ngpgcheck = 1\n'
+                    'gpgkey=https://x/k.pub\n  http://x/other.pub\n')
+        with open(script, 'w', encoding='utf-8') as f:
+            f.write('fail() { echo "FAIL: $1"; exit 1; }\nlog() { echo "LOG: $1"; }\n')
+            f.write(self._function('verify_repo_file'))
+            f.write('verify_repo_file "$1"\n')
+        out = subprocess.run(['bash', script, repo], capture_output=True, text=True,
+                             timeout=60, check=False)
+        self.assertEqual(1, out.returncode, out.stdout + out.stderr)
+        self.assertIn('found: [b] gpgkey=http://x/other.pub is not https://', out.stdout)
+        self.assertNotIn('[a]', out.stdout)
+
+    @staticmethod
+    def _function(name: str) -> str:
+        """The text of shell function *name* of the boot script."""
+        with open(sandbox.SCRIPT, encoding='utf-8') as f:
+            text = f.read()
+        start = text.index('\n%s() {\n' % name) + 1
+        return text[start:text.index('\n}\n', start) + 3]
+
+    def test_runfile_without_checksum_is_refused_before_any_download(self) -> None:
+        settings = sandbox.base_settings(install_method='runfile')
+        runfile = settings['cuda_candidates'][0]['runfile']
+        b, reason, report = self.failed(settings=settings)
+        self.assertIn('refusing to run the CUDA runfile %s as root without a known sha256'
+                      % runfile, reason)
+        self.assertIn('add checksums: {%s: <sha256>}' % runfile, reason)
+        self.assertIn("NVIDIA lists checksums on the runfile's download page", reason)
+        self.assertEqual('detect', report['phase'])
+        self.assertEqual([], _downloads(b))
+        self.assertEqual([], b.commands('gpusim-runfile'))
+        self.assertEqual([], b.commands('reboot'))
+
+
 class TestShellcheck(testtools.TestCase):
 
     def test_shellcheck_clean(self) -> None:

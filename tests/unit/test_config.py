@@ -56,8 +56,9 @@ class ConfigTest(testtools.TestCase):
         self.assertEqual('heat_gpu', group.name)
         names = {opt.name for opt in opts}
         self.assertEqual({'pci_ids_path', 'default_cuda_version', 'default_driver_branch',
-                          'bootstrap_timeout', 'sample_min_ratio', 'sample_timeout',
-                          'mirror_url', 'alias_map'}, names)
+                          'bootstrap_timeout', 'api_outage_tolerance', 'sample_min_ratio',
+                          'sample_timeout', 'mirror_url', 'trusted_keyring_fingerprints',
+                          'alias_map'}, names)
         for opt in opts:
             self.assertTrue(opt.help and opt.help.endswith('.'), opt.name)
 
@@ -86,6 +87,23 @@ class ConfigTest(testtools.TestCase):
                             ('default_driver_branch', '55'), ('bootstrap_timeout', 10),
                             ('sample_min_ratio', 1.5), ('mirror_url', 'ftp://mirror/x')):
             self.assertRaises(ValueError, self.conf.set_override, name, value, group='heat_gpu')
+
+    def test_trusted_keyring_fingerprints(self):
+        from heat_gpu import cuda
+        # Unset: NVIDIA's repository key, as the catalog has it and the help text names it.
+        self.assertIsNone(self.conf.heat_gpu.trusted_keyring_fingerprints)
+        self.assertEqual(list(cuda.NVIDIA_REPO_KEY_FINGERPRINTS),
+                         config.trusted_keyring_fingerprints(conf=self.conf))
+        self.assertEqual(', '.join(cuda.NVIDIA_REPO_KEY_FINGERPRINTS),
+                         config.DEFAULT_KEYRING_FINGERPRINTS_TEXT)
+        # A list replaces the default (upper-cased); a value that is not 40 hex digits is refused.
+        self.load('[heat_gpu]\ntrusted_keyring_fingerprints = '
+                  'EB693B3035CD5710E231E123A4B469963BF863CC,%s\n' % ('ab' * 20))
+        self.assertEqual(['EB693B3035CD5710E231E123A4B469963BF863CC', 'AB' * 20],
+                         config.trusted_keyring_fingerprints(conf=self.conf))
+        for bad in (['3bf863cc'], ['EB69 3B30 35CD 5710 E231  E123 A4B4 6996 3BF8 63CC']):
+            self.assertRaises(ValueError, self.conf.set_override,
+                              'trusted_keyring_fingerprints', bad, group='heat_gpu')
 
     def test_pci_ids_candidates(self):
         self.assertEqual(list(config.DEFAULT_PCI_IDS_PATHS),

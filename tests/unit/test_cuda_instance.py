@@ -28,6 +28,8 @@ import shutil
 import subprocess
 import tempfile
 
+from keystoneauth1 import exceptions as ks_exceptions
+from novaclient import exceptions as nova_exceptions
 from oslo_config import cfg
 from oslo_utils import timeutils
 import testscenarios
@@ -251,6 +253,38 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertIn('checksums.cuda.run', str(exc))
         self.assertIn('64 hex', str(exc))
 
+    def test_explicit_runfile_without_its_checksum_refused(self):
+        from heat_gpu import cuda
+        runfile = cuda.select(gpu_model='P100-PCIE-16GB').candidates[0]['runfile']
+        stack = self._stack(install_method='runfile',
+                            checksums={'cuda-keyring_1.1-1_all.deb': 'ab' * 32})
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn("Invalid value 'runfile' for install_method", str(exc))
+        self.assertIn('add checksums: {%s: <sha256>}' % runfile, str(exc))
+        self.assertIn("NVIDIA lists checksums on the runfile's download page", str(exc))
+        # The server is never booted.
+        exc = self.assertRaises(exception.ResourceFailure,
+                                scheduler.TaskRunner(stack['gpu_vm'].create))
+        self.assertIn(runfile, str(exc))
+        self.create.assert_not_called()
+
+    def test_explicit_runfile_with_its_checksum_validates(self):
+        from heat_gpu import cuda
+        runfile = cuda.release('12.4').runfile
+        stack = self._stack(install_method='runfile', cuda_version='12.4',
+                            checksums={runfile: 'cd' * 32})
+        self.assertIsNone(stack['gpu_vm'].validate())
+        # A checksum for another line's runfile does not do for an explicit cuda_version.
+        stack = self._stack(stack_name='other-runfile', install_method='runfile',
+                            cuda_version='12.4',
+                            checksums={cuda.release('12.8').runfile: 'cd' * 32})
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn(runfile, str(exc))
+
+    def test_auto_method_needs_no_runfile_checksum(self):
+        stack = self._stack(install_method='auto')
+        self.assertIsNone(stack['gpu_vm'].validate())
+
     def test_timeout_range(self):
         stack = self._stack(bootstrap_timeout=10)
         exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
@@ -277,6 +311,8 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertEqual('gpu_vm', signal['resource_name'])
         self.assertEqual('12.4', settings['cuda_version'])
         self.assertEqual('https://m.example/nv', settings['mirror_url'])
+        self.assertEqual(['EB693B3035CD5710E231E123A4B469963BF863CC'],
+                         settings['keyring_fingerprints'])
         parts = payloads(user_data)
         self.assertIn(TENANT_SCRIPT, parts)
         self.assertTrue(any(p.startswith('#!/bin/bash') and 'heat-gpu' in p for p in parts))
@@ -286,6 +322,18 @@ class CudaInstanceTest(CudaInstanceTestBase):
         occ = rsrc.metadata_get()['os-collect-config']['heat']
         self.assertEqual(signal['user_id'], occ['user_id'])
         self.assertEqual(signal['password'], occ['password'])
+
+    def test_operator_keyring_fingerprints_reach_the_guest(self):
+        mine = 'a1' * 20
+        cfg.CONF.set_override('trusted_keyring_fingerprints',
+                              ['EB693B3035CD5710E231E123A4B469963BF863CC', mine],
+                              group='heat_gpu')
+        self.addCleanup(cfg.CONF.clear_override, 'trusted_keyring_fingerprints',
+                        group='heat_gpu')
+        self._start()
+        settings = bootstrap_settings(self.create.call_args.kwargs['userdata'])
+        self.assertEqual(['EB693B3035CD5710E231E123A4B469963BF863CC', mine.upper()],
+                         settings['keyring_fingerprints'])
 
     def test_progress_then_success(self):
         stack, rsrc, runner = self._start()
@@ -315,6 +363,68 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertFalse(runner.step())
         self.server.status = 'ACTIVE'
         self.assertTrue(runner.step())
+
+    def test_short_compute_api_outage_while_building_is_waited_out(self):
+        stack, rsrc, runner = self._start()
+        rsrc.signal({'status': 'SUCCESS', 'data': report()})
+        get = self.fc.servers.get
+        get.side_effect = ks_exceptions.ConnectFailure('Connection refused')
+        self.assertFalse(runner.step())
+        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=60))
+        self.addCleanup(timeutils.clear_time_override)
+        get.side_effect = nova_exceptions.ClientException(503, 'Service Unavailable')
+        get.side_effect.http_status = 503
+        self.assertFalse(runner.step())
+        get.side_effect = None
+        self.server.status = 'ACTIVE'
+        self.assertTrue(runner.step())
+        self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+
+    def test_long_compute_api_outage_fails_naming_the_server(self):
+        cfg.CONF.set_override('api_outage_tolerance', 120, group='heat_gpu')
+        stack, rsrc, runner = self._start()
+        self.fc.servers.get.side_effect = ks_exceptions.ConnectFailure('Connection refused')
+        self.assertFalse(runner.step())
+        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=121))
+        self.addCleanup(timeutils.clear_time_override)
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertIn('could not be reached for 120 s while server', str(exc))
+        self.assertIn('api_outage_tolerance', str(exc))
+        self.assertIn('Connection refused', str(exc))
+
+    def test_outage_tolerance_restarts_after_the_api_answers(self):
+        cfg.CONF.set_override('api_outage_tolerance', 120, group='heat_gpu')
+        stack, rsrc, runner = self._start()
+        get = self.fc.servers.get
+        start = timeutils.utcnow()
+        self.addCleanup(timeutils.clear_time_override)
+        get.side_effect = ks_exceptions.ConnectFailure('refused')
+        self.assertFalse(runner.step())
+        timeutils.set_time_override(start + datetime.timedelta(seconds=100))
+        get.side_effect = None
+        self.assertFalse(runner.step())
+        # A second outage is measured from its own start, not from the first one.
+        timeutils.set_time_override(start + datetime.timedelta(seconds=110))
+        get.side_effect = ks_exceptions.ConnectFailure('refused')
+        self.assertFalse(runner.step())
+        timeutils.set_time_override(start + datetime.timedelta(seconds=200))
+        self.assertFalse(runner.step())
+        timeutils.set_time_override(start + datetime.timedelta(seconds=231))
+        self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+
+    def test_a_client_error_is_not_an_outage(self):
+        stack, rsrc, runner = self._start()
+        self.fc.servers.get.side_effect = nova_exceptions.ClientException(400, 'Bad Request')
+        self.fc.servers.get.side_effect.http_status = 400
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertNotIn('api_outage_tolerance', str(exc))
+
+    def test_outage_tolerance_zero_fails_at_once(self):
+        cfg.CONF.set_override('api_outage_tolerance', 0, group='heat_gpu')
+        stack, rsrc, runner = self._start()
+        self.fc.servers.get.side_effect = ks_exceptions.ConnectFailure('Connection refused')
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertIn('could not be reached for 0 s', str(exc))
 
     def test_late_progress_does_not_undo_success(self):
         stack, rsrc, runner = self._start()

@@ -202,6 +202,11 @@ class TestCudaInstanceProvider(testtools.TestCase):
         self.assertEqual(set(), set(settings) - read_keys - {'signal'})
         self.assertEqual(set(), set(settings['signal']) - signal_keys - {'transport'})
 
+    def test_keyring_fingerprints_are_the_catalog_ones(self):
+        from heat_gpu import cuda
+        self.assertEqual(list(cuda.NVIDIA_REPO_KEY_FINGERPRINTS),
+                         self.settings()['keyring_fingerprints'])
+
     def test_cuda_auto(self):
         settings = self.settings()
         self.assertTrue(settings['cuda_auto'])

@@ -189,6 +189,72 @@ class TestGpusim(testtools.TestCase):
         gpusim.state(self.root)
         self.assertEqual(0, self.run_cmd('apt-get', 'install', '-y', 'gcc').returncode)
 
+    def test_keyring_deb_dpkg_deb_and_gpg(self) -> None:
+        self.guest()
+        url = ('https://mirror.example.org/nv/compute/cuda/repos/ubuntu2204/x86_64/'
+               'cuda-keyring_1.1-1_all.deb')
+        deb = os.path.join(self.root, 'k.deb')
+        out = os.path.join(self.root, 'unpacked')
+        keyring = os.path.join(out, 'usr/share/keyrings/cuda-archive-keyring.gpg')
+        shown = {}
+        for faults, key in (((), gpusim.NVIDIA_KEY), (('keyring-untrusted',), gpusim.ROGUE_KEY)):
+            gpusim.set_faults(self.root, list(faults))
+            self.assertEqual(0, self.run_cmd('curl', '-fsSL', '-o', deb, url).returncode)
+            r = self.run_cmd('dpkg-deb', '-x', deb, out)
+            self.assertEqual(0, r.returncode, r.stderr)
+            r = self.run_cmd('gpg', '--batch', '--homedir', self.root, '--show-keys',
+                             '--with-colons', keyring)
+            self.assertEqual(0, r.returncode, r.stderr)
+            fprs = [line.split(':')[9] for line in r.stdout.splitlines()
+                    if line.startswith('fpr:')]
+            self.assertEqual([key[0]], fprs)
+            self.assertIn(key[1], r.stdout)
+            shown[faults] = fprs
+        self.assertEqual(['EB693B3035CD5710E231E123A4B469963BF863CC'], shown[()])
+        self.assertNotEqual(shown[()], shown[('keyring-untrusted',)])
+        # Not a keyring / not a package: refused as gpg and dpkg-deb refuse them.
+        release = os.path.join(self.root, 'etc/os-release')
+        r = self.run_cmd('gpg', '--show-keys', '--with-colons', release)
+        self.assertEqual(2, r.returncode)
+        self.assertIn('no valid OpenPGP data found', r.stderr)
+        r = self.run_cmd('dpkg-deb', '-x', release, out)
+        self.assertEqual(2, r.returncode)
+        self.assertIn('is not a Debian format archive', r.stderr)
+
+    def test_keyring_deb_is_a_debian_package(self) -> None:
+        dpkg_deb = shutil.which('dpkg-deb')
+        if dpkg_deb is None:
+            self.skipTest('dpkg-deb is not installed on this host')
+        url = ('https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/'
+               'cuda-keyring_1.1-1_all.deb')
+        deb = os.path.join(self.root, 'k.deb')
+        with open(deb, 'wb') as f:
+            f.write(gpusim.download_content(url))
+        r = subprocess.run([dpkg_deb, '-f', deb, 'Package'], capture_output=True, text=True,
+                           timeout=60, check=False)
+        self.assertEqual('cuda-keyring\n', r.stdout, r.stderr)
+        r = subprocess.run([dpkg_deb, '-c', deb], capture_output=True, text=True, timeout=60,
+                           check=False)
+        self.assertIn('./usr/share/keyrings/cuda-archive-keyring.gpg', r.stdout)
+        self.assertIn('./etc/apt/sources.list.d/cuda-debian12-x86_64.list', r.stdout)
+
+    def test_gpg_comes_with_gnupg_on_debian(self) -> None:
+        self.guest(distro='debian', version='12')
+        self.assertEqual(127, self.run_cmd('sh', '-c', 'command -v gpg').returncode)
+        self.assertEqual(0, self.run_cmd('apt-get', 'install', '-y', 'gnupg').returncode)
+        self.assertEqual(0, self.run_cmd('sh', '-c', 'command -v gpg').returncode)
+
+    def test_repo_file_fault(self) -> None:
+        url = ('https://developer.download.nvidia.com/compute/cuda/repos/rhel9/x86_64/'
+               'cuda-rhel9.repo')
+        good = gpusim.download_content(url).decode()
+        self.assertIn('gpgcheck=1\n', good)
+        self.assertIn('gpgkey=https://developer.download.nvidia.com/compute/cuda/repos/rhel9/',
+                      good)
+        bad = gpusim.download_content(url, ['repo-no-gpgcheck']).decode()
+        self.assertIn('gpgcheck=0\n', bad)
+        self.assertNotIn('gpgkey', bad)
+
     def test_curl_passes_loopback_to_the_real_curl(self) -> None:
         cloud = sandbox.FakeCloud()
         self.addCleanup(cloud.stop)

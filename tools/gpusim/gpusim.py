@@ -40,9 +40,20 @@ SIM_DIR = '.gpusim'
 #: PCI order (``gpu-missing``: the last), as a device's own ``faults`` that device.
 DEVICE_FAULTS = ('pcie-degraded', 'ecc-errors', 'gpu-missing', 'wrong-result')
 FAULTS = ('no-gpu', 'package-install-fails', 'checksum-mismatch', 'download-fails',
-          'nvcc-fails') + DEVICE_FAULTS
+          'nvcc-fails', 'keyring-untrusted', 'repo-no-gpgcheck') + DEVICE_FAULTS
 
 NVIDIA_HOST = 'developer.download.nvidia.com'
+
+#: The simulated repository keys: (fingerprint, user id). NVIDIA's is the fingerprint of its real
+#: Debian/Ubuntu repository key (heat_gpu.cuda.NVIDIA_REPO_KEY_FINGERPRINTS); the rogue one is what
+#: the ``keyring-untrusted`` mirror ships in its cuda-keyring instead.
+NVIDIA_KEY = ('EB693B3035CD5710E231E123A4B469963BF863CC', 'cudatools <cudatools@nvidia.com>')
+ROGUE_KEY = (hashlib.sha1(b'gpusim rogue mirror key').hexdigest().upper(),
+             'Mirror Packaging <keys@mirror.invalid>')
+#: First line of a simulated OpenPGP keyring; each key follows as "pub <fingerprint> <user id>".
+KEYRING_MAGIC = 'gpusim-openpgp-keyring 1'
+#: Where the cuda-keyring package puts its keyring.
+KEYRING_PATH = 'usr/share/keyrings/cuda-archive-keyring.gpg'
 
 #: distro -> version -> (pretty name, running kernel, family)
 DISTROS: dict[str, dict[str, tuple[str, str, str]]] = {
@@ -309,7 +320,10 @@ HOST_TOOLS = (
 
 STUBS = ('lspci', 'uname', 'modprobe', 'lsmod', 'rmmod', 'nvidia-smi', 'nvcc', 'dkms',
          'reboot', 'shutdown', 'systemctl', 'curl', 'wget', 'logger', 'gpusim-runfile')
-DEBIAN_STUBS = ('apt-get', 'apt', 'dpkg', 'dpkg-query', 'update-initramfs')
+DEBIAN_STUBS = ('apt-get', 'apt', 'dpkg', 'dpkg-query', 'dpkg-deb', 'update-initramfs')
+#: gpg: every image but Debian's (its cloud image has gpgv only) has it; installing the gnupg
+#: package brings it.
+GPG_STUB = 'gpg'
 RHEL_STUBS = ('rpm', 'yum', 'yum-config-manager', 'dracut')
 RHEL8_STUBS = ('dnf',)
 
@@ -381,17 +395,10 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
     names += DEBIAN_STUBS if family == 'debian' else RHEL_STUBS
     if family == 'rhel' and version != '7':
         names += RHEL8_STUBS
+    if distro != 'debian':
+        names.append(GPG_STUB)
     for name in names:
-        path = os.path.join(bindir, name)
-        with open(path, 'w', encoding='utf-8') as f:
-            if name == 'logger':
-                # Cheap: the boot script logs every line; the journal is a file.
-                f.write('#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -t|-p) shift 2 ;; '
-                        '--) shift; break ;; -*) shift ;; *) break ;; esac; done\n'
-                        'echo "$*" >> %s\n' % shlex.quote(os.path.join(sim, 'journal.log')))
-            else:
-                f.write('#!/bin/sh\nexec %s --stub %s "$@"\n' % (_launcher(sim), name))
-        os.chmod(path, 0o755)
+        _write_stub(sim, name)
     search = host_path or os.environ.get('PATH', os.defpath)
     for tool in HOST_TOOLS:
         found = shutil.which(tool, path=search)
@@ -411,6 +418,19 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
         'HEAT_GPU_LOG': os.path.join(root, 'var', 'log', 'heat-gpu-bootstrap.log'),
         'LC_ALL': 'C.UTF-8',
     }
+
+
+def _write_stub(sim: str, name: str) -> None:
+    path = os.path.join(sim, 'bin', name)
+    with open(path, 'w', encoding='utf-8') as f:
+        if name == 'logger':
+            # Cheap: the boot script logs every line; the journal is a file.
+            f.write('#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -t|-p) shift 2 ;; '
+                    '--) shift; break ;; -*) shift ;; *) break ;; esac; done\n'
+                    'echo "$*" >> %s\n' % shlex.quote(os.path.join(sim, 'journal.log')))
+        else:
+            f.write('#!/bin/sh\nexec %s --stub %s "$@"\n' % (_launcher(sim), name))
+    os.chmod(path, 0o755)
 
 
 def state(root: str) -> dict[str, Any]:
@@ -492,17 +512,139 @@ def stop_services(root: str) -> None:
             _write_json(os.path.join(_sim(root), 'state.json'), st)
 
 
-def download_content(url: str) -> bytes:
-    """The bytes a good download of *url* returns (runfiles are simulated installers)."""
+def download_content(url: str, faults: Iterable[str] = ()) -> bytes:
+    """The bytes a download of *url* returns (runfiles are simulated installers).
+
+    Without *faults* what NVIDIA publishes; ``keyring-untrusted`` makes the cuda-keyring package
+    carry another key, ``repo-no-gpgcheck`` makes the yum repository file turn signature checks
+    off. The cuda-keyring package is a Debian binary package (``ar`` archive) whose keyring is a
+    simulated OpenPGP keyring (``KEYRING_MAGIC``) that the ``gpg`` stub reads.
+    """
     base = url.rsplit('/', 1)[-1]
+    repo = url.rsplit('/', 3)[-3] if url.count('/') >= 3 else 'cuda'
     if base.endswith('.run'):
         return ('#!/bin/sh\n# gpusim runfile %s\nexec gpusim-runfile %s "$@"\n'
                 % (url, shlex.quote(base))).encode()
     if base.endswith('.repo'):
-        repo = url.rsplit('/', 3)[-3] if url.count('/') >= 3 else 'cuda'
+        if 'repo-no-gpgcheck' in faults:
+            check = 'gpgcheck=0\n'
+        else:
+            check = ('gpgcheck=1\ngpgkey=https://%s/compute/cuda/repos/%s/x86_64/D42D0685.pub\n'
+                     % (NVIDIA_HOST, repo))
         return ('[cuda-%s-x86_64]\nname=cuda-%s-x86_64\nbaseurl=https://%s/compute/cuda/repos/'
-                '%s/x86_64\nenabled=1\ngpgcheck=1\n' % (repo, repo, NVIDIA_HOST, repo)).encode()
+                '%s/x86_64\nenabled=1\n%s' % (repo, repo, NVIDIA_HOST, repo, check)).encode()
+    if base.startswith('cuda-keyring_') and base.endswith('.deb'):
+        keys = [ROGUE_KEY] if 'keyring-untrusted' in faults else [NVIDIA_KEY]
+        return _keyring_deb(repo, keys)
     return ('gpusim download of %s\n' % url).encode()
+
+
+def keyring(keys: Iterable[tuple[str, str]]) -> bytes:
+    """A simulated OpenPGP keyring holding *keys* ((fingerprint, user id) pairs)."""
+    return ('%s\n%s' % (KEYRING_MAGIC, ''.join('pub %s %s\n' % k for k in keys))).encode()
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    import gzip
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as tar:
+        dirs = set()
+        for name in files:
+            parts = name.split('/')[:-1]
+            dirs.update('/'.join(parts[:i]) for i in range(1, len(parts) + 1))
+        for d in sorted(dirs):
+            info = tarfile.TarInfo('./' + d)
+            info.type, info.mode, info.uname, info.gname = tarfile.DIRTYPE, 0o755, 'root', 'root'
+            tar.addfile(info)
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo('./' + name)
+            info.size, info.mode, info.uname, info.gname = len(data), 0o644, 'root', 'root'
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), 9, mtime=0)
+
+
+def _ar(members: list[tuple[str, bytes]]) -> bytes:
+    out = [b'!<arch>\n']
+    for name, data in members:
+        out.append(('%-16s%-12d%-6d%-6d%-8s%-10d`\n' % (name, 0, 0, 0, '100644', len(data)))
+                   .encode())
+        out.append(data + (b'\n' if len(data) % 2 else b''))
+    return b''.join(out)
+
+
+def _keyring_deb(repo: str, keys: list[tuple[str, str]]) -> bytes:
+    """The cuda-keyring package of NVIDIA repository *repo*, its keyring holding *keys*."""
+    control = ('Package: cuda-keyring\nVersion: 1.1-1\nArchitecture: all\n'
+               'Maintainer: cudatools <cudatools@nvidia.com>\n'
+               'Description: GPG keyring and apt source of the CUDA repository\n').encode()
+    data = {
+        KEYRING_PATH: keyring(keys),
+        'etc/apt/sources.list.d/cuda-%s-x86_64.list' % repo:
+            ('deb [signed-by=/%s] https://%s/compute/cuda/repos/%s/x86_64/ /\n'
+             % (KEYRING_PATH, NVIDIA_HOST, repo)).encode(),
+    }
+    return _ar([('debian-binary', b'2.0\n'), ('control.tar.gz', _tar_gz({'control': control})),
+                ('data.tar.gz', _tar_gz(data))])
+
+
+def deb_members(blob: bytes) -> dict[str, bytes] | None:
+    """The members of a Debian binary package (an ``ar`` archive), or None when it is not one."""
+    if not blob.startswith(b'!<arch>\n'):
+        return None
+    out, pos = {}, 8
+    while pos + 60 <= len(blob):
+        head = blob[pos:pos + 60]
+        if head[58:60] != b'`\n':
+            break
+        name = head[:16].decode('ascii', 'replace').strip().rstrip('/')
+        try:
+            size = int(head[48:58].decode('ascii').strip())
+        except ValueError:
+            break
+        out[name] = blob[pos + 60:pos + 60 + size]
+        pos += 60 + size + size % 2
+    if out.get('debian-binary', b'').strip() != b'2.0' or 'data.tar.gz' not in out:
+        return None
+    return out
+
+
+def deb_files(blob: bytes) -> dict[str, bytes] | None:
+    """Regular files of a Debian package's data archive (relative paths), or None."""
+    import gzip
+    import io
+    import tarfile
+    members = deb_members(blob)
+    if members is None:
+        return None
+    out = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(members['data.tar.gz']))) as tar:
+            for info in tar:
+                name = os.path.normpath(info.name)
+                if name.startswith(('/', '..')):
+                    return None
+                if info.isfile():
+                    out[name] = tar.extractfile(info).read()
+    except (OSError, EOFError, tarfile.TarError):
+        return None
+    return out
+
+
+def keyring_keys(data: bytes) -> list[tuple[str, str]] | None:
+    """The (fingerprint, user id) pairs of a simulated keyring, or None when it is not one."""
+    lines = data.decode('utf-8', 'replace').splitlines()
+    if not lines or lines[0] != KEYRING_MAGIC:
+        return None
+    keys = []
+    for line in lines[1:]:
+        kind, _, rest = line.partition(' ')
+        fpr, _, uid = rest.partition(' ')
+        if kind != 'pub' or not re.match(r'^[0-9A-F]{40}$', fpr):
+            return None
+        keys.append((fpr, uid))
+    return keys
 
 
 def download_sha256(url: str) -> str:
@@ -1045,7 +1187,7 @@ class Stub:
                      'reached' % url.split('/')[2])
             return 28
         m = re.match(r'^https?://([^/]+)/', url)
-        content = download_content(url)
+        content = download_content(url, self.faults)
         if 'checksum-mismatch' in self.faults:
             content = content + b'# truncated by a broken proxy\n'
         if m and m.group(1) != NVIDIA_HOST and not self._mirror_has(url):
@@ -1112,6 +1254,9 @@ class Stub:
             self.err('Error: Unable to find a match: %s' % p)
 
     def _effects(self, p: str) -> None:
+        if p in ('gnupg', 'gnupg2', 'gpg'):
+            _write_stub(self.sim, GPG_STUB)
+            return
         m = re.match(r'^cuda-toolkit-(\d+)-(\d+)$', p) or re.match(r'^cuda-(\d+)-(\d+)$', p)
         if m:
             _install_toolkit(self.root, self.st, '%s.%s' % m.groups())
@@ -1155,20 +1300,32 @@ class Stub:
 
     cmd_apt = cmd_apt_get
 
+    def _read_deb(self, deb: str, prog: str) -> dict[str, bytes] | None:
+        if not os.path.exists(deb):
+            self.err('%s: error: cannot access archive \'%s\': No such file or directory'
+                     % (prog, deb))
+            return None
+        with open(deb, 'rb') as f:
+            files = deb_files(f.read())
+        if files is None:
+            self.err("%s: error: '%s' is not a Debian format archive" % (prog, deb))
+        return files
+
     def cmd_dpkg(self) -> int:
         a = self.args
         if a[:1] == ['-i']:
             for deb in a[1:]:
-                if not os.path.exists(deb):
-                    self.err('dpkg: error: cannot access archive \'%s\': No such file' % deb)
+                files = self._read_deb(deb, 'dpkg-deb')
+                if files is None:
                     return 2
-                with open(deb, 'rb') as f:
-                    head = f.readline().decode('utf-8', 'replace')
-                m = re.match(r'^gpusim download of \S*/([^/\s]+)$', head.strip())
-                name = os.path.basename(m.group(1) if m else deb).split('_')[0]
+                # dpkg -i unpacks the package into the root (its maintainer scripts would run).
+                self._unpack(files, self.root)
+                name = os.path.basename(deb).split('_')[0]
                 self.st['packages'][name] = 'local'
-                if name == 'cuda-keyring':
-                    self._add_apt_repo()
+                for path in files:
+                    m = re.match(r'^etc/apt/sources\.list\.d/cuda-(\w+)-x86_64\.list$', path)
+                    if m and m.group(1) not in self.st['repos']:
+                        self.st['repos'].append(m.group(1))
             self.dirty = True
             return 0
         if a[:1] in (['-s'], ['-l'], ['--status']) or a[:1] == ['-W']:
@@ -1186,19 +1343,53 @@ class Stub:
 
     cmd_dpkg_query = cmd_dpkg
 
-    def _add_apt_repo(self) -> None:
-        repo = {'ubuntu': 'ubuntu' + self.st['version'].replace('.', ''),
-                'debian': 'debian' + self.st['version']}[self.st['distro']]
-        os.makedirs(self.path('/etc/apt/sources.list.d'), exist_ok=True)
-        os.makedirs(self.path('/usr/share/keyrings'), exist_ok=True)
-        with open(self.path('/etc/apt/sources.list.d/cuda-%s-x86_64.list' % repo), 'w',
-                  encoding='utf-8') as f:
-            f.write('deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] https://%s/'
-                    'compute/cuda/repos/%s/x86_64/ /\n' % (NVIDIA_HOST, repo))
-        with open(self.path('/usr/share/keyrings/cuda-archive-keyring.gpg'), 'wb') as f:
-            f.write(b'gpusim keyring\n')
-        if repo not in self.st['repos']:
-            self.st['repos'].append(repo)
+    @staticmethod
+    def _unpack(files: dict[str, bytes], dest: str) -> None:
+        for name, data in files.items():
+            path = os.path.join(dest, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'wb') as f:
+                f.write(data)
+
+    def cmd_dpkg_deb(self) -> int:
+        a = self.args
+        if len(a) == 3 and a[0] in ('-x', '--extract'):
+            files = self._read_deb(a[1], 'dpkg-deb')
+            if files is None:
+                return 2
+            os.makedirs(a[2], exist_ok=True)
+            self._unpack(files, a[2])
+            return 0
+        self.err('dpkg-deb: error: gpusim simulates only dpkg-deb -x ARCHIVE DIRECTORY')
+        return 2
+
+    def cmd_gpg(self) -> int:
+        """``gpg --show-keys --with-colons FILE``: the keys a simulated keyring holds."""
+        a = self.args
+        files = [x for i, x in enumerate(a) if not x.startswith('-') and
+                 (i == 0 or a[i - 1] not in ('--homedir', '--keyring'))]
+        if '--show-keys' not in a or len(files) != 1:
+            self.err('gpg: gpusim simulates only gpg --show-keys [--with-colons] FILE')
+            return 2
+        try:
+            with open(files[0], 'rb') as f:
+                keys = keyring_keys(f.read())
+        except OSError as ex:
+            self.err("gpg: can't open '%s': %s" % (files[0], ex.strerror))
+            return 2
+        if not keys:
+            self.err('gpg: no valid OpenPGP data found.')
+            return 2
+        for fpr, uid in keys:
+            if '--with-colons' in a:
+                print('pub:-:4096:1:%s:1650000000:::-:::scSC::::::23::0:' % fpr[-16:])
+                print('fpr:::::::::%s:' % fpr)
+                print('uid:-::::1650000000::%s::%s::::::::::0:'
+                      % (hashlib.sha1(uid.encode()).hexdigest().upper(), uid))
+            else:
+                print('pub   rsa4096 2022-04-15 [SC]\n      %s\nuid                      %s\n'
+                      % (fpr, uid))
+        return 0
 
     def cmd_dnf(self) -> int:
         a = [x for x in self.args if not x.startswith('-')]
