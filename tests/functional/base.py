@@ -231,7 +231,17 @@ class FunctionalTestCase(testtools.TestCase):
             'stacks': {s.id: s.stack_name for client in (self.heat_admin, self.heat_demo)
                        for s in client.stacks.list() if s.stack_name.startswith(RUN_PREFIX)},
             'pci_in_use': pci,
+            # The users heat creates for signals and metadata (named after stack and resource).
+            'stack_users': {u.id: u.name for u in self.admin.identity.users(
+                                domain_id=self._stack_user_domain())
+                            if u.name.startswith(RUN_PREFIX)},
         }
+
+    def _stack_user_domain(self) -> str:
+        if not hasattr(FunctionalTestCase, '_heat_domain_id'):
+            FunctionalTestCase._heat_domain_id = self.admin.identity.find_domain(
+                'heat', ignore_missing=False).id
+        return FunctionalTestCase._heat_domain_id
 
     def assert_nothing_leaked(self) -> None:
         """Everything this test created is gone again (compared with the start of the test)."""
