@@ -269,9 +269,10 @@ with open(sys.argv[1], encoding='utf-8') as f:
 PY
 }
 
-# signal STATUS REASON: IN_PROGRESS only on HEAT_SIGNAL; the final one is retried.
+# signal STATUS REASON: IN_PROGRESS only on HEAT_SIGNAL; the final one is retried for about ten
+# minutes (waits growing to a minute), so a busy or restarting Heat API does not cost the result.
 signal() {
-    local status=$1 reason=$2 body n tries=1
+    local status=$1 reason=$2 body n tries=1 delay
     if [ "$S_TRANSPORT" = NONE ]; then
         log "signal $status (no signal target in the settings): $reason"
         return 0
@@ -279,14 +280,16 @@ signal() {
     if [ "$status" = IN_PROGRESS ] && [ "$S_TRANSPORT" != HEAT_SIGNAL ]; then
         return 0
     fi
-    [ "$status" = IN_PROGRESS ] || tries=5
+    [ "$status" = IN_PROGRESS ] || tries=12
     log "signal $status: $reason"
     body=$(signal_body "$status" "$reason")
     for ((n = 1; n <= tries; n++)); do
         if post_signal "$body"; then
             return 0
         fi
-        [ "$n" -lt "$tries" ] && sleep "$((S_RETRY_DELAY * n))"
+        delay=$((S_RETRY_DELAY * n))
+        [ "$delay" -gt 60 ] && delay=60
+        [ "$n" -lt "$tries" ] && sleep "$delay"
     done
     log "signal $status could not be delivered to Heat"
     return 0

@@ -14,6 +14,8 @@
 """The guest agent against a local HTTP server that answers like Keystone and the Heat API."""
 
 import http.server
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 
+import fixtures
 import testtools
 
 AGENT = os.path.join(os.path.dirname(__file__), '..', '..', 'heat_gpu', 'guest', 'heat-gpu-agent')
@@ -171,7 +174,7 @@ class FakeCloud:
         self.server.server_close()
 
 
-class AgentTest(testtools.TestCase):
+class AgentTestBase(testtools.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -202,6 +205,9 @@ class AgentTest(testtools.TestCase):
             return 0
         with open(self.run_log) as f:
             return len(f.read().splitlines())
+
+
+class AgentTest(AgentTestBase):
 
     def test_runs_deployment_and_signals_result(self):
         self.cloud.metadata['deployments'] = [self._deployment(config_id='cfg-1')]
@@ -277,3 +283,49 @@ class AgentTest(testtools.TestCase):
         proc = self.run_agent()
         self.assertEqual(1, proc.returncode)
         self.assertIn('POLL_SERVER_HEAT', proc.stderr)
+
+
+class AgentSessionReuseTest(AgentTestBase):
+    """The agent logs in once and reuses its token across polls (in-process, several polls)."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.EnvironmentVariable('HEAT_GPU_ROOT', self.root))
+        self.useFixture(fixtures.EnvironmentVariable('HEAT_GPU_AGENT_TIMEOUT', '60'))
+        loader = importlib.machinery.SourceFileLoader('heat_gpu_agent_under_test', AGENT)
+        spec = importlib.util.spec_from_loader(loader.name, loader)
+        self.agent = importlib.util.module_from_spec(spec)
+        loader.exec_module(self.agent)
+
+    def logins(self) -> list:
+        return [r[2]['auth']['identity']['password']['user']['id']
+                for r in self.cloud.requests if r[1].endswith('/auth/tokens')]
+
+    def test_one_login_for_many_polls(self):
+        state = self.agent.State(self.agent.state_dir())
+        self.cloud.metadata['deployments'] = [self._deployment(config_id='cfg-1')]
+        for _ in range(5):
+            self.agent.poll_once(state)
+        self.assertEqual(5, sum(1 for r in self.cloud.requests if r[0] == 'GET'))
+        self.assertEqual(['server-user', 'job-user'], self.logins())
+        # A second deployment signalled with the same credentials reuses that login too.
+        self.cloud.metadata['deployments'].append(self._deployment(config_id='cfg-2'))
+        self.agent.poll_once(state)
+        self.assertEqual(['server-user', 'job-user'], self.logins())
+        self.assertEqual(2, len(self.cloud.signals))
+
+    def test_logs_in_again_when_heat_rejects_the_token(self):
+        state = self.agent.State(self.agent.state_dir())
+        self.agent.poll_once(state)
+        self.cloud.tokens.clear()  # Keystone revoked or forgot the token: Heat answers 401.
+        self.agent.poll_once(state)
+        self.agent.poll_once(state)
+        self.assertEqual(['server-user', 'server-user'], self.logins())
+
+    def test_new_credentials_replace_the_session(self):
+        state = self.agent.State(self.agent.state_dir())
+        self.agent.poll_once(state)
+        write_credentials(self.root, dict(SERVER_CREDS, auth_url=self.cloud.auth_url,
+                                          password='wrong'))
+        self.assertRaises(self.agent.AgentError, self.agent.poll_once, state)
+        self.assertEqual(['server-user', 'server-user'], self.logins())
