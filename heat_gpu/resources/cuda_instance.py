@@ -42,10 +42,13 @@ from heat_gpu import config
 from heat_gpu import cuda
 from heat_gpu import exception as gpu_exception
 from heat_gpu import gpu_request
+from heat_gpu import heat_compat
 from heat_gpu import overlay
 from heat_gpu import userdata
 
 LOG = logging.getLogger(__name__)
+
+heat_compat.serialize_yaql_parsing()
 
 _Server = server.Server
 

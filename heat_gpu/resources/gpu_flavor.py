@@ -24,8 +24,11 @@ from oslo_log import log as logging
 
 from heat_gpu import exception as gpu_exception
 from heat_gpu import gpu_request
+from heat_gpu import heat_compat
 
 LOG = logging.getLogger(__name__)
+
+heat_compat.serialize_yaql_parsing()
 
 
 class GpuFlavor(resource.Resource):

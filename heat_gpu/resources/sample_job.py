@@ -33,10 +33,13 @@ from heat.rpc import api as rpc_api
 
 from heat_gpu import config
 from heat_gpu import exception as gpu_exception
+from heat_gpu import heat_compat
 from heat_gpu import overlay
 from heat_gpu import results
 
 LOG = logging.getLogger(__name__)
+
+heat_compat.serialize_yaql_parsing()
 
 _Deployment = software_deployment.SoftwareDeployment
 

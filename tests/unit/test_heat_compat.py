@@ -1,0 +1,77 @@
+#
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+# heat.tests.common must be imported before anything imports heat.engine.stack.
+from heat.tests import common  # isort: skip
+
+import threading
+
+from heat.engine.hot import functions
+
+from heat_gpu import heat_compat
+from heat_gpu.resources import gpu_flavor  # noqa: F401 (installs the lock on import)
+from tests.unit import base
+
+EXPRESSIONS = (
+    "let(models => $.data.models, counts => $.data.counts, i => int($.data.index)) -> "
+    "$.data.prefix + '.' + $models[int($i / $counts.len())].toLower() + '.x' + "
+    "str($counts[$i mod $counts.len()])",
+    'int($.data.count) * int($.data.per_gpu)',
+    '$.data.models.len() * $.data.counts.len()',
+)
+
+
+def parse_in_threads(parse, *, threads: int = 4, rounds: int = 300) -> list:
+    """Parse EXPRESSIONS from several threads at once; return the errors seen."""
+    errors = []
+    start = threading.Barrier(threads)
+
+    def work(offset: int) -> None:
+        start.wait()
+        for n in range(rounds):
+            try:
+                parse(EXPRESSIONS[(n + offset) % len(EXPRESSIONS)])
+            except Exception as ex:  # any parse failure counts
+                errors.append(ex)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return errors
+
+
+class SerializeYaqlParsingTest(common.HeatTestCase):
+
+    def setUp(self):
+        base.init_global_environment()
+        super().setUp()
+
+    def _yaql(self):
+        return functions.Yaql(None, 'yaql', {'expression': EXPRESSIONS[0], 'data': {}})
+
+    def test_installed_by_the_plugin_and_idempotent(self):
+        wrapped = functions.Yaql._parse
+        self.assertTrue(getattr(wrapped, heat_compat._MARK, False))
+        heat_compat.serialize_yaql_parsing()
+        self.assertIs(wrapped, functions.Yaql._parse)
+
+    def test_parallel_parses_all_succeed(self):
+        yaql = self._yaql()
+        self.assertEqual([], parse_in_threads(yaql._parse))
+
+    def test_a_bad_expression_is_still_reported(self):
+        yaql = self._yaql()
+        ex = self.assertRaises(ValueError, yaql._parse, 'int($.data.count) *')
+        self.assertIn('Bad expression', str(ex))
