@@ -328,12 +328,12 @@ class CudaInstance(_Server):
             if not _is_api_outage(ex):
                 raise
             now = timeutils.utcnow()
+            tolerance = cfg.CONF.heat_gpu.api_outage_tolerance
             if wait.outage_since is None:
                 wait.outage_since = now
                 LOG.warning('%s: the Compute API did not answer while server %s builds (%s); '
                             'waiting up to %d s for it to return', self.name, wait.server_id,
-                            ex, cfg.CONF.heat_gpu.api_outage_tolerance)
-            tolerance = cfg.CONF.heat_gpu.api_outage_tolerance
+                            ex, tolerance)
             if (now - wait.outage_since).total_seconds() >= tolerance:
                 raise exception.Error(
                     'The Compute API could not be reached for %d s while server %s was '

@@ -446,8 +446,14 @@ class Cloud:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
 
-    def _wait_gone(self, names: list[str], *, timeout: float = STOP_TIMEOUT) -> None:
-        pids = {n: self.pid(n) for n in names}
+    def _wait_gone(self, names: list[str], *, timeout: float = STOP_TIMEOUT,
+                   pids: dict | None = None) -> None:
+        """Wait until the services and their process groups are gone, killing what lingers.
+
+        ``pids`` are the leaders' pids taken before they were signalled: a leader killed with
+        SIGKILL no longer shows as running, but its workers may hold its port a moment longer.
+        """
+        pids = pids if pids is not None else {n: self.pid(n) for n in names}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(self.pid(n) for n in names):
             time.sleep(0.2)
@@ -1194,19 +1200,14 @@ class Cloud:
         with self._lock():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker('ready'))
-            groups = [pid for pid in (self.pid(name) for name in names) if pid is not None]
-            for name in names:
-                pid = self.pid(name)
+            pids = {name: self.pid(name) for name in names}
+            for name, pid in pids.items():
                 if crash and pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
                 else:
                     self._stop_process(name)
-            self._wait_gone(list(names))
-            # A killed leader is gone at once; its workers may hold the port a moment longer.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
-                time.sleep(0.1)
+            self._wait_gone(list(names), pids=pids)
             return self._start()
 
     def nova_pci_devices(self) -> list[dict]:
