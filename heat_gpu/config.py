@@ -85,6 +85,17 @@ heat_gpu_opts = [
              'while the Compute API cannot be reached or answers 502/503/504 (a nova-api '
              'restart or a load balancer failover), before the resource fails. 0 fails at the '
              'first such error, as OS::Nova::Server does.'),
+    cfg.IntOpt(
+        'server_poll_interval',
+        default=10,
+        min=1,
+        max=600,
+        help='Seconds between two requests of an OS::GPU::CudaInstance to nova for the status '
+             'of its server while the server builds. A new report from the guest makes it ask '
+             'at once, so the interval does not delay a successful create; it only delays '
+             'noticing a server that nova put into ERROR. OS::Nova::Server asks about once a '
+             'second; with dozens of servers building at the same time that load slows '
+             'nova-api.'),
     cfg.FloatOpt(
         'sample_min_ratio',
         default=0.8,

@@ -92,6 +92,9 @@ class _BootWait:
     active: bool = False
     # When the Compute API first failed to answer in the current outage (None: it answers).
     outage_since: datetime.datetime | None = None
+    # When nova is asked next for the server's status, and the guest status it was last asked at.
+    next_server_check: datetime.datetime | None = None
+    guest_status_at_check: str | None = None
 
 
 class CudaInstance(_Server):
@@ -301,7 +304,7 @@ class CudaInstance(_Server):
         status, reason, report = self._guest_state()
         if status == GUEST_FAILURE:
             raise exception.Error(self._failure_text(reason, report))
-        if not wait.active:
+        if not wait.active and self._server_check_due(wait, status):
             wait.active = self._server_active(wait)
         if wait.active and status == GUEST_SUCCESS:
             return True
@@ -310,6 +313,19 @@ class CudaInstance(_Server):
                                                    timeout=wait.timeout)
             raise exception.Error(str(error))
         return False
+
+    def _server_check_due(self, wait: _BootWait, guest_status: str | None) -> bool:
+        """Whether to ask nova for the server now: every server_poll_interval seconds, and at once
+        when the guest reported something new (a guest that reports is running; its SUCCESS must
+        not wait for the next interval)."""
+        now = timeutils.utcnow()
+        news = guest_status is not None and guest_status != wait.guest_status_at_check
+        if not news and wait.next_server_check is not None and now < wait.next_server_check:
+            return False
+        wait.guest_status_at_check = guest_status
+        wait.next_server_check = now + datetime.timedelta(
+            seconds=cfg.CONF.heat_gpu.server_poll_interval)
+        return True
 
     def _server_active(self, wait: _BootWait) -> bool:
         """Whether nova has the server ACTIVE; a short Compute API outage only means "not yet".

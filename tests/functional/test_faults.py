@@ -307,7 +307,12 @@ class TestServiceRestarts(FaultTestCase):
                                     what='the server of stack %s' % stack_id, timeout=120)
         self.assertEqual('BUILD', self.admin.compute.get_server(server_id).status)
 
-        self.cloud.restart(['nova-api'], crash=True)
+        # nova-api stays down until the resource has met the outage: it asks nova only every
+        # [heat_gpu] server_poll_interval seconds, longer than a restart may take.
+        outage = 'the Compute API did not answer while server %s builds' % server_id
+        self.cloud.restart(['nova-api'], crash=True, while_down=lambda: self.wait_until(
+            lambda: outage in self._log_since('heat-engine', engine_log),
+            what='heat-engine meeting the nova-api outage', timeout=120))
         self._release_scheduler()
 
         stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
@@ -316,7 +321,7 @@ class TestServiceRestarts(FaultTestCase):
         self.assertEqual(1, len(self.pci_devices(instance_uuid=server_id)))
         # The resource did meet the outage (else this test proved nothing) and got over it.
         log = self._log_since('heat-engine', engine_log)
-        self.assertIn('the Compute API did not answer while server %s builds' % server_id, log)
+        self.assertIn(outage, log)
         self.assertIn('the Compute API answers again after', log)
 
         self.delete_stack(stack_id)

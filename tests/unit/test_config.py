@@ -56,7 +56,8 @@ class ConfigTest(testtools.TestCase):
         self.assertEqual('heat_gpu', group.name)
         names = {opt.name for opt in opts}
         self.assertEqual({'pci_ids_path', 'default_cuda_version', 'default_driver_branch',
-                          'bootstrap_timeout', 'api_outage_tolerance', 'sample_min_ratio',
+                          'bootstrap_timeout', 'api_outage_tolerance', 'server_poll_interval',
+                          'sample_min_ratio',
                           'sample_timeout', 'mirror_url', 'trusted_keyring_fingerprints',
                           'alias_map'}, names)
         for opt in opts:

@@ -357,12 +357,66 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertIsNone(attr(rsrc, 'failure_reason'))
         self.assertEqual(['line 1', 'line 2'], attr(rsrc, 'log_tail'))
 
+    def _later(self, seconds):
+        """Move heat's clock on by seconds (from the overridden time, if any)."""
+        if not timeutils.utcnow.override_time:
+            self.addCleanup(timeutils.clear_time_override)
+        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=seconds))
+
     def test_success_waits_for_active_server(self):
         stack, rsrc, runner = self._start()
         rsrc.signal({'status': 'SUCCESS', 'data': report()})
         self.assertFalse(runner.step())
         self.server.status = 'ACTIVE'
+        self.assertFalse(runner.step())  # nova is asked again only after server_poll_interval
+        self._later(10)
         self.assertTrue(runner.step())
+
+    def test_nova_is_asked_once_per_poll_interval(self):
+        cfg.CONF.set_override('server_poll_interval', 30, group='heat_gpu')
+        self.addCleanup(cfg.CONF.clear_override, 'server_poll_interval', group='heat_gpu')
+        stack, rsrc, runner = self._start()
+        get = self.fc.servers.get
+        for _ in range(5):
+            self.assertFalse(runner.step())
+        self.assertEqual(1, get.call_count)
+        self._later(29)
+        self.assertFalse(runner.step())
+        self.assertEqual(1, get.call_count)
+        self._later(1)
+        self.assertFalse(runner.step())
+        self.assertFalse(runner.step())
+        self.assertEqual(2, get.call_count)
+
+    def test_each_new_guest_report_asks_nova_at_once(self):
+        cfg.CONF.set_override('server_poll_interval', 600, group='heat_gpu')
+        self.addCleanup(cfg.CONF.clear_override, 'server_poll_interval', group='heat_gpu')
+        stack, rsrc, runner = self._start()
+        get = self.fc.servers.get
+        self.assertFalse(runner.step())
+        self.assertEqual(1, get.call_count)
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': json.dumps({'phase': 'detect'})})
+        self.assertFalse(runner.step())
+        self.assertEqual(2, get.call_count)
+        # More progress of the same kind is no news: nova is not asked again.
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': json.dumps({'phase': 'install-driver'})})
+        self.assertFalse(runner.step())
+        self.assertEqual(2, get.call_count)
+        self.server.status = 'ACTIVE'
+        rsrc.signal({'status': 'SUCCESS', 'data': report()})
+        self.assertTrue(runner.step())
+        self.assertEqual(3, get.call_count)
+        self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+
+    def test_server_in_error_is_noticed_at_the_next_poll(self):
+        stack, rsrc, runner = self._start()
+        self.assertFalse(runner.step())
+        self.server.status = 'ERROR'
+        self.server.fault = {'message': 'Build of instance aborted: spawn failed', 'code': 500}
+        self.assertFalse(runner.step())
+        self._later(10)
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertIn('spawn failed', str(exc))
 
     def test_short_compute_api_outage_while_building_is_waited_out(self):
         stack, rsrc, runner = self._start()
@@ -377,6 +431,7 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertFalse(runner.step())
         get.side_effect = None
         self.server.status = 'ACTIVE'
+        self._later(10)
         self.assertTrue(runner.step())
         self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
 

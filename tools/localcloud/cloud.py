@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import traceback
+import typing
 import urllib.error
 import urllib.request
 
@@ -1188,10 +1189,13 @@ class Cloud:
             f.write('%s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), line))
         return {'already_running': False, 'cold': cold, 'seconds': elapsed, 'rss_mib': rss}
 
-    def restart(self, names: list[str], *, crash: bool = False) -> dict:
+    def restart(self, names: list[str], *, crash: bool = False,
+                while_down: typing.Callable[[], None] | None = None) -> dict:
         """Restart some of the cloud's services (for fault tests) and wait until all are ready.
 
         ``crash`` kills them with SIGKILL (no orderly shutdown) instead of SIGTERM.
+        ``while_down`` is called once they are gone and before they start again (a fault test
+        waits there until a client has met the outage).
         """
         unknown = sorted(set(names) - set(self.services()))
         if unknown:
@@ -1208,6 +1212,8 @@ class Cloud:
                 else:
                     self._stop_process(name)
             self._wait_gone(list(names), pids=pids)
+            if while_down is not None:
+                while_down()
             return self._start()
 
     def nova_pci_devices(self) -> list[dict]:
