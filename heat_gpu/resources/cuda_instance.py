@@ -315,9 +315,11 @@ class CudaInstance(_Server):
         return False
 
     def _server_check_due(self, wait: _BootWait, guest_status: str | None) -> bool:
-        """Whether to ask nova for the server now: every server_poll_interval seconds, and at once
-        when the guest reported something new (a guest that reports is running; its SUCCESS must
-        not wait for the next interval)."""
+        """Whether to ask nova for the server now.
+
+        Every [heat_gpu] server_poll_interval seconds, and at once when the guest reported
+        something new: a guest that reports is running, and its SUCCESS must not wait.
+        """
         now = timeutils.utcnow()
         news = guest_status is not None and guest_status != wait.guest_status_at_check
         if not news and wait.next_server_check is not None and now < wait.next_server_check:
