@@ -26,7 +26,6 @@ logged meanwhile. The last line of the output is ``ratio ours/plain at N=50: X.X
 import argparse
 import collections
 import dataclasses
-import importlib.util
 import math
 import os
 import re
@@ -401,14 +400,6 @@ def run_order(sizes: Sequence[int], repeat: int,
 
 # Talking to the cloud
 
-def _load_cloud_module():
-    path = os.path.join(REPO, 'tools', 'localcloud', 'cloud.py')
-    spec = importlib.util.spec_from_file_location('heat_gpu_localcloud', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class BenchFailed(Exception):
     """A stack did not reach the state the benchmark waits for."""
 
@@ -606,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for key, value in CLOUD_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    localcloud = _load_cloud_module()
+    sys.path.insert(0, REPO)  # tools/ is a package of the repository, not installed
+    from tools.localcloud import cloud as localcloud
     was_up = localcloud.Cloud().is_up()
     cloud = localcloud.ensure_running()
     print('cloud: %s (layout %s, port offset %d)%s' % (

@@ -29,9 +29,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tools', 'localcloud'))
+sys.path.insert(0, REPO)  # tools/ is a package of the repository, not installed
 
-import cloud as localcloud  # noqa: E402 (found through the path set just above)
+from tools.localcloud import cloud as localcloud  # noqa: E402 (found through the path just set)
 
 FLAVOR_STACK = 'gpu-flavors'
 FLAVOR_NAME = 'gpu.p100-pcie-16gb.x1'

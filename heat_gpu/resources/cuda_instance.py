@@ -250,8 +250,10 @@ class CudaInstance(_Server):
 
     # A guest FAILURE or a timeout raises exception.Error, not ResourceInError: Heat would delete
     # and re-create the server action_retry_limit times, repeating an install that takes an hour
-    # and fails the same way. Nova's "No valid host" for the GPU flavor is not retried either:
-    # the scheduler already looked at every host, and the user needs the GPU request named.
+    # and fails the same way. Nova's "No valid host" for the GPU flavor stays a ResourceInError,
+    # retried like OS::Nova::Server's: nova's scheduler claims only the first allocation candidate
+    # of each host, so servers scheduled together can all reach for one GPU and fail while others
+    # are free. Its message names the GPU request (the first failure is what Heat reports).
 
     def validate(self) -> None:
         super().validate()
@@ -340,8 +342,10 @@ class CudaInstance(_Server):
         except exception.ResourceInError as ex:
             if _NO_VALID_HOST not in str(ex):
                 raise
-            raise exception.Error(self._no_gpu_host_text(
-                ex.kwargs.get('status_reason') or str(ex))) from ex
+            raise exception.ResourceInError(
+                resource_status='ERROR',
+                status_reason=self._no_gpu_host_text(
+                    ex.kwargs.get('status_reason') or str(ex))) from ex
         except Exception as ex:
             if not _is_api_outage(ex):
                 raise

@@ -20,7 +20,6 @@ cloud already runs). Every test gets openstacksdk connections and heat clients f
 final check that nothing the test created is left behind.
 """
 
-import importlib.util
 import os
 import time
 import uuid
@@ -30,23 +29,14 @@ from heatclient import exc as heat_exc
 from openstack import exceptions as sdk_exc
 import testtools
 
+from tools.localcloud import cloud as localcloud
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREFIX = 'hgft-'
 # Names of this test process start with RUN_PREFIX, so the leak check ignores what other runs
 # (a demo, a second test run) create on the same cloud meanwhile.
 RUN_PREFIX = '%s%s-' % (PREFIX, uuid.uuid4().hex[:4])
 STACK_TIMEOUT = float(os.environ.get('HEAT_GPU_FUNCTIONAL_STACK_TIMEOUT', '420'))
-
-
-def _load_cloud_module():
-    path = os.path.join(REPO, 'tools', 'localcloud', 'cloud.py')
-    spec = importlib.util.spec_from_file_location('heat_gpu_localcloud', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-localcloud = _load_cloud_module()
 
 
 class StackFailed(AssertionError):

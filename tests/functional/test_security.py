@@ -25,7 +25,6 @@
 import base64
 import email
 import gzip
-import importlib.util
 import ipaddress
 import json
 import os
@@ -38,6 +37,7 @@ from openstack import exceptions as sdk_exc
 import yaml
 
 from tests.functional import base
+from tools.gpusim import gpusim
 
 PREBAKED_IMAGE = 'ubuntu-22.04-cuda-prebaked'
 IMAGE = 'ubuntu-22.04-gpu'
@@ -126,17 +126,6 @@ PASSWORD_FILES = ('etc/heat-gpu/bootstrap.json', 'var/lib/heat-cfntools/cfn-init
 HTTP_SERVICES = ('keystone', 'glance', 'placement', 'nova-api', 'nullnet', 'heat-api')
 LOOPBACK = ('127.0.0.1', '::1', '::ffff:127.0.0.1')
 TCP_LISTEN = '0A'
-
-
-def _load_gpusim():
-    path = os.path.join(base.REPO, 'tools', 'gpusim', 'gpusim.py')
-    spec = importlib.util.spec_from_file_location('heat_gpu_gpusim', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpusim = _load_gpusim()
 
 
 # What a document says: decoded text, and the credentials in it

@@ -15,27 +15,17 @@
 
 import dataclasses
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
 import threading
 from typing import Any, Iterable
 
+from tools.gpusim import gpusim
+
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(TOP, 'heat_gpu', 'guest', 'bootstrap.sh')
 
-
-def load_gpusim() -> Any:
-    """The tools/gpusim/gpusim.py module."""
-    spec = importlib.util.spec_from_file_location(
-        'gpusim', os.path.join(TOP, 'tools', 'gpusim', 'gpusim.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpusim = load_gpusim()
 
 P100 = {'pci_address': '0000:00:05.0', 'vendor_id': '10de', 'product_id': '15f8',
         'numa_node': 0}

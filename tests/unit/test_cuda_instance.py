@@ -21,7 +21,6 @@ import copy
 import datetime
 import email
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import yaml
 
 from heat.common import exception
 from heat.common import template_format
+from heat.common import timeutils as heat_timeutils
 from heat.engine.clients.os import glance
 from heat.engine.clients.os import nova
 from heat.engine import resource
@@ -48,6 +48,7 @@ from heat.tests import utils
 from heat_gpu.resources import cuda_instance
 from tests.unit import base
 from tests.unit import test_agent
+from tools.gpusim import gpusim
 
 #: Nova refuses user data longer than this once base64-encoded.
 NOVA_USER_DATA_LIMIT = 65535
@@ -83,15 +84,6 @@ GPU = {'index': 0, 'name': 'Tesla P100-PCIE-16GB', 'pci_address': '0000:00:05.0'
 
 
 TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
-
-
-def load_gpusim():
-    """tools/gpusim/gpusim.py, the simulated GPU guest (not a package: loaded by path)."""
-    path = os.path.join(TOP, 'tools', 'gpusim', 'gpusim.py')
-    spec = importlib.util.spec_from_file_location('gpusim', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakeFlavor:
@@ -481,6 +473,54 @@ class CudaInstanceTest(CudaInstanceTestBase):
         exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
         self.assertIn('could not be reached for 0 s', str(exc))
 
+    NO_HOST = {'message': 'No valid host was found. There are not enough hosts available.',
+               'code': 500}
+
+    def test_no_valid_host_names_the_gpu_request(self):
+        stack, rsrc, runner = self._start()
+        self.server.status = 'ERROR'
+        self.server.fault = self.NO_HOST
+        exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
+        self.assertIsInstance(exc.exc, exception.ResourceInError)
+        text = str(exc)
+        self.assertIn("Invalid value 'gpu.p100' for flavor: no compute host has the 1 GPU(s)", text)
+        self.assertIn('pci_passthrough:alias=p100:1', text)
+        self.assertIn('No valid host was found', text)
+        self.assertEqual(1, self.create.call_count)
+
+    def test_no_valid_host_is_retried_like_a_nova_server(self):
+        # Servers scheduled together can lose a GPU to each other while others are free; heat's
+        # action_retry_limit deletes the failed server and boots a new one with new credentials.
+        cfg.CONF.set_override('action_retry_limit', 1)
+        self.patchobject(heat_timeutils, 'retry_backoff_delay', return_value=0.01)
+        lost, second = self.fc.servers.list()[1], self.fc.servers.list()[2]
+        lost.status, lost.fault = 'ERROR', self.NO_HOST
+        second.status = 'BUILD'
+        servers = {lost.id: lost, second.id: second}
+        self.create.side_effect = [lost, second]
+
+        def get(server_id):
+            if server_id not in servers:
+                raise nova_exceptions.NotFound(404)
+            return servers[server_id]
+
+        self.fc.servers.get.side_effect = get
+        self.patchobject(self.fc.servers, 'delete',
+                         side_effect=lambda server_id: servers.pop(server_id))
+        stack = self._stack()
+        rsrc = stack['gpu_vm']
+        runner = scheduler.TaskRunner(rsrc.create)
+        runner.start()
+        while self.create.call_count < 2:
+            self.assertFalse(runner.step())
+        self.assertEqual([lost.id], [c.args[0] for c in self.fc.servers.delete.call_args_list])
+        self.assertEqual(second.id, rsrc.resource_id)
+        second.status = 'ACTIVE'
+        rsrc.signal({'status': 'SUCCESS', 'data': report()})
+        runner.run_to_completion()
+        self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+        self.assertEqual({second.id}, set(servers))
+
     def test_late_progress_does_not_undo_success(self):
         stack, rsrc, runner = self._start()
         rsrc.signal({'status': 'SUCCESS', 'data': report()})
@@ -562,7 +602,6 @@ class CudaInstanceTest(CudaInstanceTestBase):
         signal['auth_url'] = cloud.auth_url
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
-        gpusim = load_gpusim()
         env = gpusim.make_guest(root, distro='ubuntu', version='22.04', prebaked=prebaked,
                                 faults=faults,
                                 devices=[{'pci_address': GPU['pci_address'], 'vendor_id': '10de',

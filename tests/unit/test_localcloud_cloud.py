@@ -13,30 +13,18 @@
 
 """The local cloud keeps its generated passwords out of its logs and error messages.
 
-Setup commands such as ``keystone-manage bootstrap --bootstrap-password`` and ``rabbitmqctl
-add_user`` take a password as an argument; ``tools/localcloud/cloud.py`` logs every setup command
-with its output. No services are started here: the commands are harmless stand-ins.
+``tools/localcloud/cloud.py`` logs every setup command with its output, and masks the generated
+passwords there; it hands passwords to setup commands through the environment or stdin, never as
+arguments (visible in ps). No services are started here: the commands are harmless stand-ins.
 """
 
-import importlib.util
 import os
 import stat
 
 import fixtures
 import testtools
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load_cloud_module():
-    path = os.path.join(REPO, 'tools', 'localcloud', 'cloud.py')
-    spec = importlib.util.spec_from_file_location('heat_gpu_localcloud_unit', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-localcloud = _load_cloud_module()
+from tools.localcloud import cloud as localcloud
 
 
 class TestSetupLogs(testtools.TestCase):
@@ -77,6 +65,26 @@ class TestSetupLogs(testtools.TestCase):
         self.assertIn('bad password ***', str(error))
         self.assertNotIn(password, str(error))
         self.assertNotIn(password, self.log('keystone-manage'))
+
+    def test_stdin_reaches_the_command(self) -> None:
+        out = self.cloud._run(['cat'], stdin='fed through stdin\n', log='setup')
+        self.assertEqual('fed through stdin\n', out)
+
+    def test_rabbitmq_password_goes_through_stdin_not_argv(self) -> None:
+        os.makedirs(self.cloud.path('run'))
+        calls = []
+
+        def run(argv, **kwargs):
+            calls.append((argv, kwargs.get('stdin')))
+            return ''
+
+        self.patch(self.cloud, '_run', run)
+        self.patch(self.cloud, '_wait_for', lambda *args, **kwargs: None)
+        self.cloud._setup_rabbitmq()
+        password = self.secrets['rabbit']
+        self.assertIn(['add_user', 'heat_gpu'], [argv[-2:] for argv, _ in calls])
+        self.assertEqual([], [argv for argv, _ in calls if password in ' '.join(argv)])
+        self.assertEqual([password + '\n'], [stdin for _, stdin in calls if stdin])
 
     def test_every_generated_password_is_masked(self) -> None:
         self.cloud._run(['echo'] + sorted(self.secrets.values()), log='setup')

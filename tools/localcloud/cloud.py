@@ -347,12 +347,14 @@ class Cloud:
         print('localcloud: %s' % message, flush=True)
 
     def _run(self, argv: list[str], *, timeout: float = 300.0, env: dict | None = None,
-             log: str = 'setup') -> str:
+             log: str = 'setup', stdin: str | None = None) -> str:
         full_env = dict(self._base_env(), **(env or {}))
-        # Some setup commands take a password as an argument: logs and errors show it masked.
+        # Passwords go to setup commands through the environment or stdin, never in argv (which
+        # any local user can read in ps); logs and errors mask them all the same.
         shown = self._masked(' '.join(argv))
         try:
             proc = subprocess.run(argv, env=full_env, capture_output=True, text=True,
+                                  input=stdin if stdin is not None else '',
                                   timeout=timeout, cwd=self.state, check=False)
         except subprocess.TimeoutExpired as exc:
             raise CloudError('%s did not finish within %d s' % (shown, timeout)) from exc
@@ -810,10 +812,10 @@ class Cloud:
             self._spawn('rabbitmq', ['/usr/lib/rabbitmq/bin/rabbitmq-server'],
                         env=self._rabbit_env())
 
-    def _rabbitmqctl(self, *args: str, timeout: float = 60.0) -> str:
+    def _rabbitmqctl(self, *args: str, timeout: float = 60.0, stdin: str | None = None) -> str:
         return self._run(['/usr/lib/rabbitmq/bin/rabbitmqctl', '-n', 'rabbit@localhost',
                           '-q'] + list(args), timeout=timeout, env=self._rabbit_env(),
-                         log='rabbitmqctl')
+                         log='rabbitmqctl', stdin=stdin)
 
     def _setup_rabbitmq(self) -> None:
         self._wait_for('rabbitmq', lambda: _port_in_use(self.port('rabbitmq')),
@@ -822,7 +824,8 @@ class Cloud:
         if self._done('rabbitmq'):
             return
         self._rabbitmqctl('add_vhost', VHOST)
-        self._rabbitmqctl('add_user', 'heat_gpu', self.secrets['rabbit'])
+        # Without a password argument rabbitmqctl reads it from stdin.
+        self._rabbitmqctl('add_user', 'heat_gpu', stdin=self.secrets['rabbit'] + '\n')
         self._rabbitmqctl('set_permissions', '-p', VHOST, 'heat_gpu', '.*', '.*', '.*')
         self._mark('rabbitmq')
 
