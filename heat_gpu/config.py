@@ -86,6 +86,17 @@ heat_gpu_opts = [
              'restart or a load balancer failover), before the resource fails. 0 fails at the '
              'first such error, as OS::Nova::Server does.'),
     cfg.IntOpt(
+        'no_valid_host_retries',
+        default=2,
+        min=0,
+        max=10,
+        help='How often an OS::GPU::CudaInstance lets heat delete its server and boot a new one '
+             'when nova finds no host for its GPU flavor, before it fails (heat\'s '
+             'action_retry_limit still caps it). Nova\'s scheduler claims only the first '
+             'allocation candidate of each host, so GPU servers scheduled at the same moment can '
+             'lose a device to each other while others are free; a request that no host can '
+             'hold fails only after these retries, so keep it small.'),
+    cfg.IntOpt(
         'server_poll_interval',
         default=10,
         min=1,

@@ -60,6 +60,8 @@ GUEST_STATUSES = (GUEST_IN_PROGRESS, GUEST_SUCCESS, GUEST_FAILURE) = (
 _STATUS_KEY, _REASON_KEY, _REPORT_KEY = 'gpu_status', 'gpu_reason', 'gpu_report'
 #: Resource data key holding what the flavor asks for: gpu_mode, gpu_count, gpu_model.
 _FACTS_KEY = 'gpu_request'
+#: Resource data key counting "No valid host" failures of the current create.
+_NO_HOST_KEY = 'gpu_no_valid_host'
 
 _SHA256_RE = re.compile(r'^[0-9a-fA-F]{64}$')
 _CUDA_RE = r'^(auto|\d+\.\d+)$'
@@ -253,7 +255,8 @@ class CudaInstance(_Server):
     # and fails the same way. Nova's "No valid host" for the GPU flavor stays a ResourceInError,
     # retried like OS::Nova::Server's: nova's scheduler claims only the first allocation candidate
     # of each host, so servers scheduled together can all reach for one GPU and fail while others
-    # are free. Its message names the GPU request (the first failure is what Heat reports).
+    # are free. Only [heat_gpu] no_valid_host_retries times, though (heat's action_retry_limit,
+    # 5 by default, with its growing pauses makes a request no host can hold fail minutes late).
 
     def validate(self) -> None:
         super().validate()
@@ -342,10 +345,13 @@ class CudaInstance(_Server):
         except exception.ResourceInError as ex:
             if _NO_VALID_HOST not in str(ex):
                 raise
-            raise exception.ResourceInError(
-                resource_status='ERROR',
-                status_reason=self._no_gpu_host_text(
-                    ex.kwargs.get('status_reason') or str(ex))) from ex
+            text = self._no_gpu_host_text(ex.kwargs.get('status_reason') or str(ex))
+            failures = self._count_no_host_failure()
+            if failures > cfg.CONF.heat_gpu.no_valid_host_retries:
+                raise exception.Error('%s (%d attempt(s); [heat_gpu] no_valid_host_retries)'
+                                      % (text, failures)) from ex
+            raise exception.ResourceInError(resource_status='ERROR',
+                                            status_reason=text) from ex
         except Exception as ex:
             if not _is_api_outage(ex):
                 raise
@@ -368,6 +374,14 @@ class CudaInstance(_Server):
                      (timeutils.utcnow() - wait.outage_since).total_seconds())
             wait.outage_since = None
         return active
+
+    def _count_no_host_failure(self) -> int:
+        """Count one more "No valid host" of this create (heat's retries included)."""
+        traversal = self.stack.current_traversal or ''
+        stored = json.loads(self._fresh_data().get(_NO_HOST_KEY) or '{}')
+        count = stored.get('count', 0) + 1 if stored.get('traversal') == traversal else 1
+        self.data_set(_NO_HOST_KEY, json.dumps({'traversal': traversal, 'count': count}))
+        return count
 
     def _resolve_attribute(self, name: str) -> Any:
         if name not in self.ATTRIBUTES:

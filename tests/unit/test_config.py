@@ -57,6 +57,7 @@ class ConfigTest(testtools.TestCase):
         names = {opt.name for opt in opts}
         self.assertEqual({'pci_ids_path', 'default_cuda_version', 'default_driver_branch',
                           'bootstrap_timeout', 'api_outage_tolerance', 'server_poll_interval',
+                          'no_valid_host_retries',
                           'sample_min_ratio',
                           'sample_timeout', 'mirror_url', 'trusted_keyring_fingerprints',
                           'alias_map'}, names)

@@ -521,6 +521,40 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
         self.assertEqual({second.id}, set(servers))
 
+    def test_no_valid_host_retries_are_capped(self):
+        # heat would retry action_retry_limit (5) times with growing pauses; a GPU request no host
+        # can hold fails after [heat_gpu] no_valid_host_retries instead.
+        cfg.CONF.set_override('action_retry_limit', 5)
+        cfg.CONF.set_override('no_valid_host_retries', 1, group='heat_gpu')
+        self.addCleanup(cfg.CONF.clear_override, 'no_valid_host_retries', group='heat_gpu')
+        self.patchobject(heat_timeutils, 'retry_backoff_delay', return_value=0.01)
+        servers = {}
+
+        def create(*args, **kwargs):
+            server = self.fc.servers.list()[1 + len(servers)]
+            server.status, server.fault = 'ERROR', self.NO_HOST
+            servers[server.id] = server
+            return server
+
+        def get(server_id):
+            if server_id not in servers:
+                raise nova_exceptions.NotFound(404)
+            return servers[server_id]
+
+        self.create.side_effect = create
+        self.fc.servers.get.side_effect = get
+        self.patchobject(self.fc.servers, 'delete',
+                         side_effect=lambda server_id: servers.pop(server_id))
+        stack = self._stack()
+        exc = self.assertRaises(exception.ResourceFailure,
+                                scheduler.TaskRunner(stack['gpu_vm'].create))
+        self.assertEqual(2, self.create.call_count)
+        self.assertIn('2 attempt(s); [heat_gpu] no_valid_host_retries', str(exc))
+        self.assertIn('pci_passthrough:alias=p100:1', str(exc))
+        # A later create (a new traversal of the stack) counts from zero again.
+        stack['gpu_vm'].stack.current_traversal = 'another-traversal'
+        self.assertEqual(1, stack['gpu_vm']._count_no_host_failure())
+
     def test_late_progress_does_not_undo_success(self):
         stack, rsrc, runner = self._start()
         rsrc.signal({'status': 'SUCCESS', 'data': report()})
