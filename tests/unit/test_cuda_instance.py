@@ -473,6 +473,17 @@ class CudaInstanceTest(CudaInstanceTestBase):
         exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
         self.assertIn('could not be reached for 0 s', str(exc))
 
+    def _nova_holds(self, servers: dict) -> None:
+        """Fake nova GETs and DELETEs the servers of *servers* (id -> server) and no others."""
+        def get(server_id):
+            if server_id not in servers:
+                raise nova_exceptions.NotFound(404)
+            return servers[server_id]
+
+        self.fc.servers.get.side_effect = get
+        self.patchobject(self.fc.servers, 'delete',
+                         side_effect=lambda server_id: servers.pop(server_id))
+
     NO_HOST = {'message': 'No valid host was found. There are not enough hosts available.',
                'code': 500}
 
@@ -498,15 +509,7 @@ class CudaInstanceTest(CudaInstanceTestBase):
         second.status = 'BUILD'
         servers = {lost.id: lost, second.id: second}
         self.create.side_effect = [lost, second]
-
-        def get(server_id):
-            if server_id not in servers:
-                raise nova_exceptions.NotFound(404)
-            return servers[server_id]
-
-        self.fc.servers.get.side_effect = get
-        self.patchobject(self.fc.servers, 'delete',
-                         side_effect=lambda server_id: servers.pop(server_id))
+        self._nova_holds(servers)
         stack = self._stack()
         rsrc = stack['gpu_vm']
         runner = scheduler.TaskRunner(rsrc.create)
@@ -528,27 +531,22 @@ class CudaInstanceTest(CudaInstanceTestBase):
         cfg.CONF.set_override('no_valid_host_retries', 1, group='heat_gpu')
         self.addCleanup(cfg.CONF.clear_override, 'no_valid_host_retries', group='heat_gpu')
         self.patchobject(heat_timeutils, 'retry_backoff_delay', return_value=0.01)
-        servers = {}
+        servers, booted = {}, []
 
         def create(*args, **kwargs):
-            server = self.fc.servers.list()[1 + len(servers)]
+            server = self.fc.servers.list()[1 + len(booted)]
             server.status, server.fault = 'ERROR', self.NO_HOST
             servers[server.id] = server
+            booted.append(server.id)
             return server
 
-        def get(server_id):
-            if server_id not in servers:
-                raise nova_exceptions.NotFound(404)
-            return servers[server_id]
-
         self.create.side_effect = create
-        self.fc.servers.get.side_effect = get
-        self.patchobject(self.fc.servers, 'delete',
-                         side_effect=lambda server_id: servers.pop(server_id))
+        self._nova_holds(servers)
         stack = self._stack()
         exc = self.assertRaises(exception.ResourceFailure,
                                 scheduler.TaskRunner(stack['gpu_vm'].create))
         self.assertEqual(2, self.create.call_count)
+        self.assertEqual(booted[:1], [c.args[0] for c in self.fc.servers.delete.call_args_list])
         self.assertIn('2 attempt(s); [heat_gpu] no_valid_host_retries', str(exc))
         self.assertIn('pci_passthrough:alias=p100:1', str(exc))
         # A later create (a new traversal of the stack) counts from zero again.
