@@ -366,7 +366,6 @@ class CudaInstanceTest(CudaInstanceTestBase):
 
     def test_nova_is_asked_once_per_poll_interval(self):
         cfg.CONF.set_override('server_poll_interval', 30, group='heat_gpu')
-        self.addCleanup(cfg.CONF.clear_override, 'server_poll_interval', group='heat_gpu')
         stack, rsrc, runner = self._start()
         get = self.fc.servers.get
         for _ in range(5):
@@ -382,7 +381,6 @@ class CudaInstanceTest(CudaInstanceTestBase):
 
     def test_each_new_guest_report_asks_nova_at_once(self):
         cfg.CONF.set_override('server_poll_interval', 600, group='heat_gpu')
-        self.addCleanup(cfg.CONF.clear_override, 'server_poll_interval', group='heat_gpu')
         stack, rsrc, runner = self._start()
         get = self.fc.servers.get
         self.assertFalse(runner.step())
@@ -416,8 +414,7 @@ class CudaInstanceTest(CudaInstanceTestBase):
         get = self.fc.servers.get
         get.side_effect = ks_exceptions.ConnectFailure('Connection refused')
         self.assertFalse(runner.step())
-        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=60))
-        self.addCleanup(timeutils.clear_time_override)
+        self._later(60)
         get.side_effect = nova_exceptions.ClientException(503, 'Service Unavailable')
         get.side_effect.http_status = 503
         self.assertFalse(runner.step())
@@ -432,8 +429,7 @@ class CudaInstanceTest(CudaInstanceTestBase):
         stack, rsrc, runner = self._start()
         self.fc.servers.get.side_effect = ks_exceptions.ConnectFailure('Connection refused')
         self.assertFalse(runner.step())
-        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=121))
-        self.addCleanup(timeutils.clear_time_override)
+        self._later(121)
         exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
         self.assertIn('could not be reached for 120 s while server', str(exc))
         self.assertIn('api_outage_tolerance', str(exc))
@@ -529,7 +525,6 @@ class CudaInstanceTest(CudaInstanceTestBase):
         # can hold fails after [heat_gpu] no_valid_host_retries instead.
         cfg.CONF.set_override('action_retry_limit', 5)
         cfg.CONF.set_override('no_valid_host_retries', 1, group='heat_gpu')
-        self.addCleanup(cfg.CONF.clear_override, 'no_valid_host_retries', group='heat_gpu')
         self.patchobject(heat_timeutils, 'retry_backoff_delay', return_value=0.01)
         servers, booted = {}, []
 
@@ -581,8 +576,7 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.server.status = 'ACTIVE'
         rsrc.signal({'status': 'IN_PROGRESS', 'data': json.dumps({'phase': 'install-cuda'})})
         self.assertFalse(runner.step())
-        timeutils.set_time_override(timeutils.utcnow() + datetime.timedelta(seconds=601))
-        self.addCleanup(timeutils.clear_time_override)
+        self._later(601)
         exc = self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
         self.assertIn('did not finish within 600 s', str(exc))
         self.assertIn('install-cuda', str(exc))

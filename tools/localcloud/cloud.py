@@ -347,14 +347,14 @@ class Cloud:
         print('localcloud: %s' % message, flush=True)
 
     def _run(self, argv: list[str], *, timeout: float = 300.0, env: dict | None = None,
-             log: str = 'setup', stdin: str | None = None) -> str:
+             log: str = 'setup', stdin: str = '') -> str:
         full_env = dict(self._base_env(), **(env or {}))
         # Passwords go to setup commands through the environment or stdin, never in argv (which
         # any local user can read in ps); logs and errors mask them all the same.
         shown = self._masked(' '.join(argv))
         try:
             proc = subprocess.run(argv, env=full_env, capture_output=True, text=True,
-                                  input=stdin if stdin is not None else '',
+                                  input=stdin,
                                   timeout=timeout, cwd=self.state, check=False)
         except subprocess.TimeoutExpired as exc:
             raise CloudError('%s did not finish within %d s' % (shown, timeout)) from exc
@@ -812,7 +812,7 @@ class Cloud:
             self._spawn('rabbitmq', ['/usr/lib/rabbitmq/bin/rabbitmq-server'],
                         env=self._rabbit_env())
 
-    def _rabbitmqctl(self, *args: str, timeout: float = 60.0, stdin: str | None = None) -> str:
+    def _rabbitmqctl(self, *args: str, timeout: float = 60.0, stdin: str = '') -> str:
         return self._run(['/usr/lib/rabbitmq/bin/rabbitmqctl', '-n', 'rabbit@localhost',
                           '-q'] + list(args), timeout=timeout, env=self._rabbit_env(),
                          log='rabbitmqctl', stdin=stdin)
