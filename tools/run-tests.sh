@@ -17,6 +17,9 @@ failed=0
 skipped=0
 failures=()
 started=$SECONDS
+# The failed tests of every phase, a few lines each, printed again at the very end.
+failed_tests=$(mktemp)
+trap 'rm -f "$failed_tests"' EXIT
 
 count_last_run() {
     local totals p f s
@@ -24,6 +27,9 @@ count_last_run() {
     p=$(sed -n 's/^ - Passed: \([0-9]*\).*/\1/p' <<<"$totals")
     f=$(sed -n 's/^ - Failed: \([0-9]*\).*/\1/p' <<<"$totals")
     s=$(sed -n 's/^ - Skipped: \([0-9]*\).*/\1/p' <<<"$totals")
+    if [ "${f:-0}" -gt 0 ]; then
+        stestr last --subunit 2>/dev/null | python -m tools.failure_summary >>"$failed_tests" || true
+    fi
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0}))
     skipped=$((skipped + ${s:-0}))
@@ -72,6 +78,10 @@ done
 if [ "${#failures[@]}" -gt 0 ] && [ "$failed" -eq 0 ]; then
     # A phase without test counts (lint, cloud start) failed: count it as one failed test.
     failed=${#failures[@]}
+fi
+if [ -s "$failed_tests" ]; then
+    echo "=== failed tests"
+    cat "$failed_tests"
 fi
 echo "wall time: $((SECONDS - started)) s; failed phases: ${failures[*]:-none}"
 echo "heat-gpu: $passed passed, $failed failed, $skipped skipped"
