@@ -37,6 +37,11 @@ PREFIX = 'hgft-'
 # (a demo, a second test run) create on the same cloud meanwhile.
 RUN_PREFIX = '%s%s-' % (PREFIX, uuid.uuid4().hex[:4])
 STACK_TIMEOUT = float(os.environ.get('HEAT_GPU_FUNCTIONAL_STACK_TIMEOUT', '420'))
+# How long nova may keep the GPUs of a deleted server. A compute host frees them when the server is
+# deleted, but when its periodic resource audit (every 60 s) read the host's servers just before
+# that, the audit counts the server's devices once more and only the next audit frees them (seen
+# on the local cloud: a P100 held 63 s after its server was deleted). Two audits and a margin.
+RELEASE_TIMEOUT = 150.0
 
 
 class StackFailed(AssertionError):
@@ -187,6 +192,18 @@ class FunctionalTestCase(testtools.TestCase):
 
     # Nova's view of the GPUs
 
+    def assert_server_released(self, server_id: str) -> None:
+        """The server is gone; neither nova's PCI tracker nor placement holds anything for it."""
+        self.wait_until(lambda: self.server_gone(server_id),
+                        what='deletion of server %s' % server_id, timeout=120)
+        self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
+                        what='nova releasing the GPUs of server %s' % server_id,
+                        timeout=RELEASE_TIMEOUT)
+        self.wait_until(
+            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
+            what='placement dropping the allocations of server %s' % server_id,
+            timeout=RELEASE_TIMEOUT)
+
     def pci_devices(self, *, instance_uuid: str | None = None) -> list[dict]:
         """Rows of nova's pci_devices table (the PCI tracker's own records)."""
         devices = self.cloud.nova_pci_devices()
@@ -241,7 +258,8 @@ class FunctionalTestCase(testtools.TestCase):
                     for kind, items in now.items()
                     if any(k not in self._baseline[kind] for k in items)}
 
-        deadline = time.monotonic() + 60
+        # A deleted server's GPUs may stay claimed until nova's next resource audit.
+        deadline = time.monotonic() + RELEASE_TIMEOUT
         left = leftovers()
         while left and time.monotonic() < deadline:
             time.sleep(2)

@@ -133,11 +133,7 @@ class TestLocalCloud(base.FunctionalTestCase):
 
         self.delete_stack(stack_id)
         self.assertTrue(self.server_gone(server_id))
-        self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
-                        what='nova releasing the P100 of server %s' % server_id)
-        self.wait_until(
-            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
-            what='placement dropping the allocations of server %s' % server_id)
+        self.assert_server_released(server_id)
 
     def test_two_a100_land_on_the_a100_host(self):
         flavor = self.create_gpu_flavor(alias='a100', count=2)

@@ -96,11 +96,7 @@ class FaultTestCase(base.FunctionalTestCase):
     def assert_gone(self, server_id: str) -> None:
         """The server is gone and nova and placement hold nothing for it."""
         self.assertTrue(self.server_gone(server_id), 'server %s still exists' % server_id)
-        self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
-                        what='nova releasing the GPUs of server %s' % server_id)
-        self.wait_until(
-            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
-            what='placement dropping the allocations of server %s' % server_id)
+        self.assert_server_released(server_id)
 
     def guest_commands(self, server_id: str) -> list[dict]:
         """What the guest's stub commands recorded (gpusim's commands.jsonl)."""

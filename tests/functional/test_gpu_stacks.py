@@ -145,16 +145,6 @@ class GpuStackTestCase(base.FunctionalTestCase):
         # ("7/7 samples passed"): all of them passed either way.
         self.assertRegex(outputs['sample_summary'], r'^(\d+)/\1 (samples )?passed\b')
 
-    def assert_server_released(self, server_id: str) -> None:
-        """The server is gone and neither nova nor placement holds anything for it."""
-        self.wait_until(lambda: self.server_gone(server_id),
-                        what='deletion of server %s' % server_id, timeout=120)
-        self.wait_until(lambda: not self.pci_devices(instance_uuid=server_id),
-                        what='nova releasing the PCI devices of server %s' % server_id)
-        self.wait_until(
-            lambda: not self.placement_get('/allocations/%s' % server_id)['allocations'],
-            what='placement dropping the allocations of server %s' % server_id)
-
     def stack_servers(self, stack_id: str) -> list[str]:
         """IDs of the nova servers in the stack tree."""
         return [r.physical_resource_id for r in
