@@ -204,6 +204,11 @@ class FunctionalTestCase(testtools.TestCase):
             what='placement dropping the allocations of server %s' % server_id,
             timeout=RELEASE_TIMEOUT)
 
+    def assert_gone(self, server_id: str) -> None:
+        """The server is gone already (its stack was deleted) and its GPUs are released."""
+        self.assertTrue(self.server_gone(server_id), 'server %s still exists' % server_id)
+        self.assert_server_released(server_id)
+
     def pci_devices(self, *, instance_uuid: str | None = None) -> list[dict]:
         """Rows of nova's pci_devices table (the PCI tracker's own records)."""
         devices = self.cloud.nova_pci_devices()

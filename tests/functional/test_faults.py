@@ -93,11 +93,6 @@ class FaultTestCase(base.FunctionalTestCase):
         resource = self.heat_demo.resources.get(stack_id, 'gpu_vm')
         return resource.physical_resource_id or None
 
-    def assert_gone(self, server_id: str) -> None:
-        """The server is gone and nova and placement hold nothing for it."""
-        self.assertTrue(self.server_gone(server_id), 'server %s still exists' % server_id)
-        self.assert_server_released(server_id)
-
     def guest_commands(self, server_id: str) -> list[dict]:
         """What the guest's stub commands recorded (gpusim's commands.jsonl)."""
         path = self.cloud.path('guests', server_id, 'root', '.gpusim', 'commands.jsonl')
