@@ -16,10 +16,17 @@
 Plain Python, no Heat import. The result is a MIME multipart (doc/architecture.md, "The user data
 of a CudaInstance"):
 
-1. ``text/cloud-config``: ``write_files`` for ``/etc/heat-gpu/bootstrap.json`` (mode 0600: it
-   holds the stack user's credentials), the boot script, the guest agent and the sample runner;
-2. ``text/x-shellscript``: the boot script;
-3. the tenant's own user data, unchanged, as the last part.
+1. ``text/x-shellscript``: the boot script;
+2. the tenant's own user data, unchanged (a multipart of the tenant's keeps its parts);
+3. ``text/cloud-config``: ``write_files`` for ``/etc/heat-gpu/bootstrap.json`` (mode 0600: it
+   holds the stack user's credentials), the boot script, the guest agent and the sample runner.
+
+cloud-init merges the cloud-config parts in order, each into what the parts before it gave, by
+the ``merge_how`` of the part being merged; its default replaces a list the earlier parts set, so
+a tenant's ``write_files`` after ours would drop our files. Our part comes last and says
+``MERGE_HOW``: its lists are appended to the tenant's and the tenant's other values stay, whatever
+``merge_how`` the tenant's own parts use. (A MIME ``Merge-Type`` header would not do: heat's
+``SOFTWARE_CONFIG`` format rebuilds every part from its payload and drops the headers.)
 
 Nova refuses user data above 65535 bytes once base64-encoded, and heat's ``SOFTWARE_CONFIG``
 format adds its own parts (about 5 KiB). The boot script alone is over 30 KiB, so by default the
@@ -56,6 +63,10 @@ EMBEDDED_FILES = (
     ('guest/heat-gpu-agent', LIB_DIR + '/heat-gpu-agent', '0700'),
     ('samples/run-samples.sh', LIB_DIR + '/samples/run-samples.sh', '0755'),
 )
+
+#: How cloud-init merges our cloud-config part into the tenant's parts before it: lists appended,
+#: the tenant's values kept where both set one.
+MERGE_HOW = 'dict(no_replace,recurse_list)+list(append)'
 
 #: Nova's limit on user data, base64-encoded.
 NOVA_USER_DATA_LIMIT = 65535
@@ -114,15 +125,18 @@ def _file_entry(path: str, content: str, mode: str, *, compress: bool) -> dict[s
 
 def cloud_config(*, settings: dict[str, Any], files: Iterable[tuple[str, str, str]],
                  compress: bool = True) -> str:
-    """The ``#cloud-config`` part: ``write_files`` for the settings and the guest files."""
+    """The ``#cloud-config`` part: ``write_files`` for the settings and the guest files.
+
+    It says ``merge_how: MERGE_HOW``, so it must come after the tenant's parts (module docstring).
+    """
     entries = [{'path': SETTINGS_PATH, 'permissions': '0600', 'owner': 'root:root',
                 'content': json.dumps(settings, indent=1, sort_keys=True) + '\n'}]
     for source, dest, mode in files:
         content = read_package_file(source)
         if content is not None:
             entries.append(_file_entry(dest, content, mode, compress=compress))
-    body = yaml.safe_dump({'write_files': entries}, default_flow_style=False, sort_keys=False,
-                          width=1 << 20)
+    body = yaml.safe_dump({'merge_how': MERGE_HOW, 'write_files': entries},
+                          default_flow_style=False, sort_keys=False, width=1 << 20)
     return '#cloud-config\n' + body
 
 
@@ -161,13 +175,12 @@ def build_user_data(*, settings: dict[str, Any], tenant_user_data: str | None = 
     if not compact:
         files = [f for f in files if f[0] != BOOTSTRAP]
     msg = multipart.MIMEMultipart()
-    msg.attach(_part(cloud_config(settings=guest_settings(settings), files=files,
-                                  compress=compact), 'cloud-config', 'heat-gpu-config'))
     msg.attach(_part(LAUNCHER if compact else script, 'x-shellscript', 'heat-gpu-bootstrap.sh'))
     if tenant_user_data:
-        tenant = _tenant_parts(tenant_user_data)
-        for part in tenant:
+        for part in _tenant_parts(tenant_user_data):
             msg.attach(part)
+    msg.attach(_part(cloud_config(settings=guest_settings(settings), files=files,
+                                  compress=compact), 'cloud-config', 'heat-gpu-config'))
     return msg.as_string()
 
 

@@ -11,8 +11,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 : "${HEAT_GPU_SKIP_APT:=}"
 
 # Debian packages: the message broker and database of the local cloud, the PCI id database the
-# catalog falls back on, and cloud-init (its schema validator checks our user data).
-apt_packages=(rabbitmq-server mariadb-server pciutils pci.ids cloud-init curl)
+# catalog falls back on, cloud-init (its schema validator checks our user data), and what builds and
+# boots the local cloud's guest root (mmdebstrap, bubblewrap).
+apt_packages=(rabbitmq-server mariadb-server pciutils pci.ids cloud-init curl mmdebstrap bubblewrap)
 
 missing_apt() {
     local p

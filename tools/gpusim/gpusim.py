@@ -328,10 +328,20 @@ RHEL_STUBS = ('rpm', 'yum', 'yum-config-manager', 'dracut')
 RHEL8_STUBS = ('dnf',)
 
 
+#: The PATH of a real guest userland (a Debian root the local cloud boots), after the stubs.
+REAL_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+
 def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[str, Any]],
                prebaked: bool = False, faults: Iterable[str] = (),
-               host_path: str | None = None) -> dict[str, str]:
-    """Create a simulated guest under *root* and return the environment to run programs in it."""
+               host_path: str | None = None, real_userland: bool = False) -> dict[str, str]:
+    """Create a simulated guest under *root* and return the environment to run programs in it.
+
+    *real_userland*: *root* is ``/`` of a real Linux userland (the local cloud's guest, run
+    inside it): its own programs stay on ``PATH`` after the stubs, no host tool is linked, the
+    paths given to the boot script are the guest's own, and the image's ``/etc/os-release`` is
+    kept when it already names *distro* and *version*.
+    """
     if distro not in DISTROS or version not in DISTROS[distro]:
         accepted = ', '.join('%s %s' % (d, v) for d in DISTROS for v in DISTROS[d])
         raise ValueError('gpusim: unknown distro %r version %r; accepted: %s'
@@ -357,16 +367,21 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
         os.makedirs(d, exist_ok=True)
     pretty, kernel, family = DISTROS[distro][version]
     like = {'ubuntu': 'debian', 'debian': ''}.get(distro, 'rhel centos fedora')
-    with open(os.path.join(root, 'etc', 'os-release'), 'w', encoding='utf-8') as f:
-        f.write('NAME="%s"\nID=%s\nVERSION_ID="%s"\nPRETTY_NAME="%s"\n'
-                % (pretty.split(' ')[0], distro, version, pretty))
-        if like:
-            f.write('ID_LIKE="%s"\n' % like)
+    if not (real_userland and _os_release_is(root, distro, version)):
+        os_release = os.path.join(root, 'etc', 'os-release')
+        if os.path.islink(os_release):
+            os.unlink(os_release)
+        with open(os_release, 'w', encoding='utf-8') as f:
+            f.write('NAME="%s"\nID=%s\nVERSION_ID="%s"\nPRETTY_NAME="%s"\n'
+                    % (pretty.split(' ')[0], distro, version, pretty))
+            if like:
+                f.write('ID_LIKE="%s"\n' % like)
     devs = [_enrich(d) for d in devices]
     _write_json(os.path.join(sim, 'devices.json'), devs)
     _write_json(os.path.join(sim, 'faults.json'), sorted(set(faults)))
 
-    real_curl = shutil.which('curl', path=host_path or os.environ.get('PATH', os.defpath))
+    real_curl = shutil.which('curl', path=REAL_PATH if real_userland else
+                             host_path or os.environ.get('PATH', os.defpath))
     state: dict[str, Any] = {
         'distro': distro, 'version': version, 'family': family, 'kernel': kernel,
         'boot': 1, 'packages': {}, 'modules': [], 'repos': [], 'reboot_requested': False,
@@ -399,6 +414,13 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
         names.append(GPG_STUB)
     for name in names:
         _write_stub(sim, name)
+    if real_userland:
+        return {
+            'PATH': '%s:%s' % (bindir, REAL_PATH),
+            'HEAT_GPU_ROOT': '',
+            'HEAT_GPU_SIM': sim,
+            'LC_ALL': 'C.UTF-8',
+        }
     search = host_path or os.environ.get('PATH', os.defpath)
     for tool in HOST_TOOLS:
         found = shutil.which(tool, path=search)
@@ -418,6 +440,16 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
         'HEAT_GPU_LOG': os.path.join(root, 'var', 'log', 'heat-gpu-bootstrap.log'),
         'LC_ALL': 'C.UTF-8',
     }
+
+
+def _os_release_is(root: str, distro: str, version: str) -> bool:
+    try:
+        with open(os.path.join(root, 'etc', 'os-release'), encoding='utf-8') as f:
+            fields = dict(line.rstrip('\n').split('=', 1) for line in f if '=' in line)
+    except OSError:
+        return False
+    return (fields.get('ID', '').strip('"') == distro and
+            fields.get('VERSION_ID', '').strip('"') == version)
 
 
 def _write_stub(sim: str, name: str) -> None:
@@ -1919,6 +1951,8 @@ def _main(argv: list[str]) -> int:
     mg.add_argument('--devices', required=True, help='JSON file: list of PCI devices')
     mg.add_argument('--prebaked', action='store_true')
     mg.add_argument('--fault', action='append', default=[])
+    mg.add_argument('--real-userland', action='store_true',
+                    help='ROOT is / of a real Linux userland (see make_guest)')
     for name in ('reboot', 'commands', 'state', 'stop-services', 'boot-commands'):
         sub.add_parser(name).add_argument('root')
     ns = p.parse_args(argv)
@@ -1927,7 +1961,7 @@ def _main(argv: list[str]) -> int:
         if devices is None:
             p.error('--devices: cannot read %s' % ns.devices)
         env = make_guest(ns.root, distro=ns.distro, version=ns.version, devices=devices,
-                         prebaked=ns.prebaked, faults=ns.fault)
+                         prebaked=ns.prebaked, faults=ns.fault, real_userland=ns.real_userland)
         print(json.dumps(env, indent=1, sort_keys=True))
     elif ns.cmd == 'reboot':
         reboot(ns.root)
