@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # the stubs start often: import only what a stub needs
     from typing import Any, Iterable
 
 SIM_DIR = '.gpusim'
+#: The simulator's directory and interpreter in a real guest, whose root is ``/``.
+GUEST_SIM_DIR = '/' + SIM_DIR
+GUEST_PYTHON = '/usr/bin/python3'
 
 #: Faults of one GPU (see README.md "Sample programs"); as guest faults they hit the first GPU in
 #: PCI order (``gpu-missing``: the last), as a device's own ``faults`` that device.
@@ -176,10 +179,19 @@ def _python() -> str:
     return exe if exe and 'python' in os.path.basename(exe) else '/usr/bin/python3'
 
 
-def _launcher(sim: str) -> str:
+def _launcher(sim: str, *, python: str | None = None) -> str:
     """Shell words that run this module's stub entry point (byte code cached in *sim*)."""
     code = 'import sys; sys.path.insert(0, %r); import gpusim; sys.exit(gpusim._main(sys.argv[1:]))'
-    return '%s -S -E -c %s' % (shlex.quote(_python()), shlex.quote(code % sim))
+    return '%s -S -E -c %s' % (shlex.quote(python or _python()), shlex.quote(code % sim))
+
+
+def guest_launcher() -> str:
+    """The launcher of the simulator in a real guest (``make_guest('/', real_userland=True)``).
+
+    For files made outside the guest that run in it: the package mirror's driver and toolkit
+    packages and their maintainer scripts.
+    """
+    return _launcher(GUEST_SIM_DIR, python=GUEST_PYTHON)
 
 
 def _sim(root: str) -> str:
@@ -326,6 +338,13 @@ DEBIAN_STUBS = ('apt-get', 'apt', 'dpkg', 'dpkg-query', 'dpkg-deb', 'update-init
 GPG_STUB = 'gpg'
 RHEL_STUBS = ('rpm', 'yum', 'yum-config-manager', 'dracut')
 RHEL8_STUBS = ('dnf',)
+#: A real Debian-family userland (``real_userland``) keeps of the stubs only what stands for the
+#: silicon, the kernel and its modules, the hypervisor's power actions and the service manager: its
+#: own apt-get, dpkg, gpg and curl install from the local cloud's package mirror
+#: (tools/localcloud/mirror.py), whose driver packages ship ``nvidia-smi`` (``driver_files``) and
+#: whose maintainer scripts tell the simulator what they installed (``gpusim-pkg-hook``).
+REAL_DEBIAN_STUBS = ('lspci', 'uname', 'modprobe', 'lsmod', 'rmmod', 'dkms', 'update-initramfs',
+                     'reboot', 'shutdown', 'systemctl', 'logger')
 
 
 #: The PATH of a real guest userland (a Debian root the local cloud boots), after the stubs.
@@ -340,7 +359,9 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
     *real_userland*: *root* is ``/`` of a real Linux userland (the local cloud's guest, run
     inside it): its own programs stay on ``PATH`` after the stubs, no host tool is linked, the
     paths given to the boot script are the guest's own, and the image's ``/etc/os-release`` is
-    kept when it already names *distro* and *version*.
+    kept when it already names *distro* and *version*. A Debian-family image gets only
+    ``REAL_DEBIAN_STUBS``: its own apt-get, dpkg, gpg and curl install the NVIDIA packages, from
+    the local cloud's package mirror.
     """
     if distro not in DISTROS or version not in DISTROS[distro]:
         accepted = ', '.join('%s %s' % (d, v) for d in DISTROS for v in DISTROS[d])
@@ -406,12 +427,17 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
 
     me = os.path.join(sim, 'gpusim.py')
     shutil.copyfile(os.path.abspath(__file__), me)
-    names = list(STUBS)
-    names += DEBIAN_STUBS if family == 'debian' else RHEL_STUBS
-    if family == 'rhel' and version != '7':
-        names += RHEL8_STUBS
-    if distro != 'debian':
-        names.append(GPG_STUB)
+    if real_userland and family == 'debian':
+        names = list(REAL_DEBIAN_STUBS)
+        if prebaked:
+            names.append('nvidia-smi')  # baked into the image, not installed by a package
+    else:
+        names = list(STUBS)
+        names += DEBIAN_STUBS if family == 'debian' else RHEL_STUBS
+        if family == 'rhel' and version != '7':
+            names += RHEL8_STUBS
+        if distro != 'debian':
+            names.append(GPG_STUB)
     for name in names:
         _write_stub(sim, name)
     if real_userland:
@@ -734,17 +760,38 @@ def _unit_exec(root: str, unit: str) -> list[str]:
             os.path.exists(os.path.join(root, a.lstrip('/'))) else a for a in argv]
 
 
+def toolkit_files(version: str, *, launcher: str) -> dict[str, tuple[bytes | None, int]]:
+    """The files of CUDA toolkit *version*: relative path -> (content, mode); None: a directory.
+
+    Its ``nvcc`` runs the simulator's (through *launcher*, see ``guest_launcher``).
+    """
+    prefix = 'usr/local/cuda-%s' % version
+    nvcc = '#!/bin/sh\nexec %s --stub nvcc --gpusim-toolkit=%s "$@"\n' % (launcher, version)
+    return {
+        prefix + '/bin/nvcc': (nvcc.encode(), 0o755),
+        prefix + '/include': (None, 0o755),
+        prefix + '/version.json':
+            (json.dumps({'cuda': {'name': 'CUDA SDK', 'version': version + '.0'}}).encode(),
+             0o644),
+    }
+
+
+def driver_files(*, launcher: str) -> dict[str, tuple[bytes | None, int]]:
+    """The files of a driver package (as ``toolkit_files``): ``nvidia-smi``, the simulator's."""
+    smi = '#!/bin/sh\nexec %s --stub nvidia-smi "$@"\n' % launcher
+    return {'usr/bin/nvidia-smi': (smi.encode(), 0o755)}
+
+
 def _install_toolkit(root: str, st: dict[str, Any], version: str) -> None:
-    prefix = os.path.join(root, 'usr', 'local', 'cuda-%s' % version)
-    os.makedirs(os.path.join(prefix, 'bin'), exist_ok=True)
-    os.makedirs(os.path.join(prefix, 'include'), exist_ok=True)
-    nvcc = os.path.join(prefix, 'bin', 'nvcc')
-    with open(nvcc, 'w', encoding='utf-8') as f:
-        f.write('#!/bin/sh\nexec %s --stub nvcc --gpusim-toolkit=%s "$@"\n'
-                % (_launcher(_sim(root)), version))
-    os.chmod(nvcc, 0o755)
-    with open(os.path.join(prefix, 'version.json'), 'w', encoding='utf-8') as f:
-        json.dump({'cuda': {'name': 'CUDA SDK', 'version': version + '.0'}}, f)
+    for name, (data, mode) in toolkit_files(version, launcher=_launcher(_sim(root))).items():
+        path = os.path.join(root, name)
+        if data is None:
+            os.makedirs(path, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(data)
+        os.chmod(path, mode)
     link = os.path.join(root, 'usr', 'local', 'cuda')
     if os.path.islink(link):
         os.remove(link)
@@ -752,6 +799,26 @@ def _install_toolkit(root: str, st: dict[str, Any], version: str) -> None:
         os.symlink('/usr/local/cuda-%s' % version, link)
     if version not in st['toolkits']:
         st['toolkits'].append(version)
+
+
+def _toolkit_package(p: str) -> str | None:
+    """The CUDA version (``MAJOR.MINOR``) package *p* installs the toolkit of, or None."""
+    m = re.match(r'^cuda-toolkit-(\d+)-(\d+)$', p) or re.match(r'^cuda-(\d+)-(\d+)$', p)
+    if m:
+        return '%s.%s' % m.groups()
+    return '13.0' if p == 'cuda-toolkit' else None
+
+
+def _driver_package(p: str) -> tuple[str | None, str] | None:
+    """(branch or None for the newest, ``open``/``proprietary``) of driver package *p*, or None."""
+    if p in ('nvidia-driver-latest-dkms', 'nvidia-driver-cuda', 'kmod-nvidia-latest-dkms'):
+        return None, 'proprietary'
+    m = re.match(r'^(?:cuda-drivers|nvidia-driver|nvidia-open|nvidia-driver-branch)'
+                 r'(?:-(\d{3}))?(-open|-dkms|-server)?$', p)
+    if not m:
+        return None
+    return m.group(1), ('open' if p.startswith('nvidia-open') or m.group(2) == '-open'
+                        else 'proprietary')
 
 
 class Stub:
@@ -1289,25 +1356,45 @@ class Stub:
         if p in ('gnupg', 'gnupg2', 'gpg'):
             _write_stub(self.sim, GPG_STUB)
             return
-        m = re.match(r'^cuda-toolkit-(\d+)-(\d+)$', p) or re.match(r'^cuda-(\d+)-(\d+)$', p)
-        if m:
-            _install_toolkit(self.root, self.st, '%s.%s' % m.groups())
+        toolkit = _toolkit_package(p)
+        if toolkit:
+            _install_toolkit(self.root, self.st, toolkit)
             return
-        if p == 'cuda-toolkit':
-            _install_toolkit(self.root, self.st, '13.0')
-            return
-        flavour = None
-        branch = None
-        m = re.match(r'^(?:cuda-drivers|nvidia-driver|nvidia-open|nvidia-driver-branch)'
-                     r'(?:-(\d{3}))?(-open|-dkms|-server)?$', p)
-        if p in ('nvidia-driver-latest-dkms', 'nvidia-driver-cuda', 'kmod-nvidia-latest-dkms'):
-            flavour, branch = 'proprietary', None
-        elif m:
-            branch = m.group(1)
-            flavour = 'open' if (p.startswith('nvidia-open') or m.group(2) == '-open') \
-                else 'proprietary'
-        if flavour:
-            self._driver(branch or LATEST_BRANCH, flavour, p, 'packages')
+        driver = _driver_package(p)
+        if driver:
+            self._driver(driver[0] or LATEST_BRANCH, driver[1], p, 'packages')
+
+    def cmd_gpusim_pkg_hook(self) -> int:
+        """``gpusim-pkg-hook configure|remove PACKAGE VERSION``, from a package's maintainer script.
+
+        The package mirror's driver and toolkit packages (tools/localcloud/mirror.py) call it from
+        their postinst (``configure``) and postrm (``remove``), which the guest's real dpkg runs;
+        their files (``driver_files``, ``toolkit_files``) are real dpkg's business. What it records
+        is what the simulated kernel side now has: a driver package's kernel modules built and
+        installed (as dkms would), a toolkit package's toolkit; on remove, neither.
+        """
+        if len(self.args) != 3 or self.args[0] not in ('configure', 'remove'):
+            self.err('usage: gpusim-pkg-hook configure|remove PACKAGE VERSION')
+            return 2
+        action, name, version = self.args
+        upstream = version.split(':', 1)[-1].rsplit('-', 1)[0]
+        toolkit = _toolkit_package(name)
+        driver = _driver_package(name)
+        if action == 'configure':
+            self.st['packages'][name] = version
+            if toolkit and toolkit not in self.st['toolkits']:
+                self.st['toolkits'].append(toolkit)
+            if driver:
+                self._driver(driver[0] or LATEST_BRANCH, driver[1], name, 'packages',
+                             version=upstream)
+        else:
+            self.st['packages'].pop(name, None)
+            if toolkit in self.st['toolkits']:
+                self.st['toolkits'].remove(toolkit)
+            if (self.st.get('driver') or {}).get('package') == name:
+                self.st['driver'] = None
+        self.dirty = True
+        return 0
 
     def _driver(self, branch: str, flavour: str, package: str, method: str,
                 version: str | None = None) -> None:
