@@ -44,7 +44,7 @@ from email.mime import text
 import gzip
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -68,6 +68,12 @@ EMBEDDED_FILES = (
 #: the tenant's values kept where both set one.
 MERGE_HOW = 'dict(no_replace,recurse_list)+list(append)'
 
+#: The boot script's file name among the instance's scripts. cloud-init's ``scripts-user`` runs
+#: every shell-script part and ``runcmd`` once per instance, in the order of their file names,
+#: and the boot script reboots: a tenant's script named after it would never run. So it sorts
+#: after the names tenants use (``runcmd``, ``part-001``, ``setup.sh``...).
+SCRIPT_NAME = 'zz-heat-gpu-bootstrap.sh'
+
 #: Nova's limit on user data, base64-encoded.
 NOVA_USER_DATA_LIMIT = 65535
 
@@ -79,7 +85,7 @@ _UTF8_8BIT = email_charset.Charset('utf-8')
 _UTF8_8BIT.body_encoding = None
 
 
-def read_package_file(name: str) -> str | None:
+def read_package_file(name: str) -> Optional[str]:
     """The text of ``heat_gpu/<name>``, or None when the file is not there."""
     try:
         with open(os.path.join(PACKAGE_DIR, name), encoding='utf-8') as f:
@@ -164,7 +170,7 @@ def _tenant_subtype(data: str) -> str:
     return 'plain'
 
 
-def build_user_data(*, settings: dict[str, Any], tenant_user_data: str | None = None,
+def build_user_data(*, settings: dict[str, Any], tenant_user_data: Optional[str] = None,
                     files: Iterable[tuple[str, str, str]] = EMBEDDED_FILES,
                     compact: bool = True) -> str:
     """The MIME multipart user data of a CudaInstance (see the module docstring)."""
@@ -175,7 +181,7 @@ def build_user_data(*, settings: dict[str, Any], tenant_user_data: str | None = 
     if not compact:
         files = [f for f in files if f[0] != BOOTSTRAP]
     msg = multipart.MIMEMultipart()
-    msg.attach(_part(LAUNCHER if compact else script, 'x-shellscript', 'heat-gpu-bootstrap.sh'))
+    msg.attach(_part(LAUNCHER if compact else script, 'x-shellscript', SCRIPT_NAME))
     if tenant_user_data:
         for part in _tenant_parts(tenant_user_data):
             msg.attach(part)
@@ -193,7 +199,7 @@ def _tenant_parts(data: str) -> list[Any]:
     return [_part(data, _tenant_subtype(data), 'tenant-user-data')]
 
 
-def parts(user_data: str) -> list[tuple[str, str | None, str]]:
+def parts(user_data: str) -> list[tuple[str, Optional[str], str]]:
     """Split MIME user data into ``(content type, filename, decoded payload)`` tuples."""
     msg = email.message_from_string(user_data)
     out = []

@@ -95,7 +95,7 @@ class FaultTestCase(base.FunctionalTestCase):
 
     def guest_commands(self, server_id: str) -> list[dict]:
         """What the guest's stub commands recorded (gpusim's commands.jsonl)."""
-        path = self.cloud.path('guests', server_id, 'root', '.gpusim', 'commands.jsonl')
+        path = self.cloud.path('guests', server_id, 'disk', '.gpusim', 'commands.jsonl')
         with open(path, encoding='utf-8') as f:
             return [json.loads(line) for line in f if line.strip()]
 

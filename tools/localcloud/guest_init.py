@@ -119,6 +119,8 @@ def empty_dir(path: str) -> None:
 def guest_env() -> dict:
     """The environment of the guest's programs: the simulator's, made at the first boot."""
     if not os.path.exists(ENV_JSON):
+        # First boot: what building the image would have done with the CA it was given.
+        subprocess.run(['update-ca-certificates'], stdout=subprocess.DEVNULL, check=False)
         with open(BOOT_JSON, encoding='utf-8') as f:
             boot = json.load(f)
         env = gpusim.make_guest('/', distro=boot['distro'], version=boot['version'],

@@ -23,10 +23,12 @@ Set ``compute_driver = localcloud_virt.fakegpu.FakeGpuDriver`` and put ``tools/l
 
 The devices of ``[DEFAULT] host`` are reported to nova's resource tracker, so nova's own PCI
 tracker, ``PciPassthroughFilter`` and placement decide where a GPU flavor lands and which device it
-gets. On ``spawn`` the driver writes what a real guest would see (user data, image properties, the
-PCI devices nova assigned) to ``<state_dir>/guests/<uuid>/instance.json`` and starts the guest
-stand-in
-(``guest.py``) detached, in its own process group; ``destroy`` kills that group.
+gets. On ``spawn`` the driver writes the instance's config drive with nova's own metadata code
+(``InstanceMetadata.metadata_for_config_drive``: ``openstack/latest/meta_data.json``,
+``user_data``, the EC2 files...) to ``<state_dir>/guests/<uuid>/config-drive/``, what the
+simulated hardware needs (image properties, the PCI devices nova assigned) to ``instance.json``,
+and starts the instance's machine (``guest.py``: the guest root from the layout's ``guest_root``
+with the real cloud-init) detached, in its own process group; ``destroy`` kills that group.
 """
 
 import json
@@ -38,6 +40,7 @@ import time
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
 
+from nova.api.metadata import base as instance_metadata
 from nova.compute import power_state
 import nova.conf
 from nova import exception
@@ -218,13 +221,28 @@ class FakeGpuDriver(fake.FakeDriver):
             json.dump(info, f, indent=2, sort_keys=True)
         os.replace(tmp, path)
 
+    def _write_config_drive(self, instance, injected_files, admin_password,
+                            network_info) -> None:
+        """The config drive's files, as nova's libvirt driver puts them on its ISO image."""
+        extra_md = {'admin_pass': admin_password} if admin_password else {}
+        inst_md = instance_metadata.InstanceMetadata(
+            instance, content=injected_files, extra_md=extra_md, network_info=network_info)
+        drive = os.path.join(self._guest_dir(instance.uuid), 'config-drive')
+        for path, data in inst_md.metadata_for_config_drive():
+            target = os.path.join(drive, path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, 'wb') as f:
+                f.write(data.encode('utf-8') if isinstance(data, str) else data)
+
     def _start_guest(self, instance_uuid: str) -> None:
         guest_dir = self._guest_dir(instance_uuid)
         console = open(os.path.join(guest_dir, 'console.log'), 'ab')
         with console:
             proc = subprocess.Popen(
                 [self._layout['guest_python'], self._layout['guest_program'],
-                 '--guest-dir', guest_dir],
+                 '--guest-dir', guest_dir, '--root', self._layout['guest_root'],
+                 '--mirror-dir', self._layout['mirror_dir'],
+                 '--mirror-url', self._layout['mirror_url']],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                 cwd=guest_dir, start_new_session=True, close_fds=True)
         with open(os.path.join(guest_dir, 'guest.pid'), 'w', encoding='utf-8') as f:
@@ -240,6 +258,7 @@ class FakeGpuDriver(fake.FakeDriver):
                       accel_info=accel_info)
         guest_dir = self._guest_dir(instance.uuid)
         os.makedirs(guest_dir, exist_ok=True)
+        self._write_config_drive(instance, injected_files, admin_password, network_info)
         self._write_info(self._instance_info(instance, image_meta))
         if power_on:
             self._start_guest(instance.uuid)
@@ -259,6 +278,21 @@ class FakeGpuDriver(fake.FakeDriver):
             self._write_info(info)
         super().destroy(context, instance, network_info, block_device_info=block_device_info,
                         destroy_disks=destroy_disks, destroy_secrets=destroy_secrets)
+
+    def power_on(self, context, instance, network_info, block_device_info=None,
+                 accel_info=None, share_info=None):
+        super().power_on(context, instance, network_info, block_device_info=block_device_info,
+                         accel_info=accel_info, share_info=share_info)
+        self._start_guest(instance.uuid)
+
+    def reboot(self, context, instance, network_info, reboot_type, block_device_info=None,
+               bad_volumes_callback=None, accel_info=None, share_info=None):
+        _kill_group(pid_file=os.path.join(self._guest_dir(instance.uuid), 'guest.pid'))
+        super().reboot(context, instance, network_info, reboot_type,
+                       block_device_info=block_device_info,
+                       bad_volumes_callback=bad_volumes_callback, accel_info=accel_info,
+                       share_info=share_info)
+        self._start_guest(instance.uuid)
 
     def power_off(self, instance, timeout=0, retry_interval=0):
         _kill_group(pid_file=os.path.join(self._guest_dir(instance.uuid), 'guest.pid'))
