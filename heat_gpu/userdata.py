@@ -191,11 +191,23 @@ def build_user_data(*, settings: dict[str, Any], tenant_user_data: Optional[str]
 
 
 def _tenant_parts(data: str) -> list[Any]:
-    """The tenant's user data as MIME parts; a multipart of its own keeps its parts."""
+    """The tenant's user data as MIME parts; a multipart of its own keeps its parts.
+
+    Each part of a tenant's multipart is decoded and carried without a transfer encoding, as
+    ours are: heat's ``SOFTWARE_CONFIG`` format re-reads the raw payload of every part, so a
+    base64 part (what Python's email package makes of UTF-8 text) would reach cloud-init as
+    base64 text.
+    """
     if data.lstrip().lower().startswith('content-type: multipart'):
         parsed = email.message_from_string(data)
         if parsed.is_multipart():
-            return list(parsed.get_payload())
+            out = []
+            for index, part in enumerate(p for p in parsed.walk() if not p.is_multipart()):
+                raw = part.get_payload(decode=True) or b''
+                content = raw.decode(part.get_content_charset() or 'utf-8', 'replace')
+                filename = part.get_filename() or 'tenant-part-%03d' % (index + 1)
+                out.append(_part(content, part.get_content_subtype(), filename))
+            return out
     return [_part(data, _tenant_subtype(data), 'tenant-user-data')]
 
 

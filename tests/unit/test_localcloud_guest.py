@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import typing
@@ -45,9 +46,11 @@ from heat.engine.clients.os import nova
 from heat_gpu import userdata
 from tools.localcloud import guest as guest_machine
 from tools.localcloud import guestroot
+from tools.localcloud import mirror
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST = os.path.join(REPO, 'tools', 'localcloud', 'guest.py')
+MIRROR = os.path.join(REPO, 'tools', 'localcloud', 'mirror.py')
 UUID = '5a0f7c0e-0000-4000-8000-000000000001'
 P100 = {'pci_address': '0000:04:00.0', 'vendor_id': '10de', 'product_id': '15f8',
         'numa_node': 0}
@@ -99,10 +102,12 @@ def mime(parts: list[tuple[str, str, str]]) -> str:
     return message.as_string()
 
 
-def heat_user_data(tenant: typing.Optional[str]) -> str:
+def heat_user_data(tenant: typing.Optional[str], *, mirror_url: str,
+                   fingerprint: str) -> str:
     """What nova gets for a CudaInstance: our user data through heat's SOFTWARE_CONFIG format."""
-    ours = userdata.build_user_data(settings={'gpu_model': 'P100-PCIE-16GB', 'gpu_count': 1},
-                                    tenant_user_data=tenant)
+    settings = {'gpu_model': 'P100-PCIE-16GB', 'gpu_count': 1, 'mirror_url': mirror_url,
+                'keyring_fingerprints': [fingerprint]}
+    ours = userdata.build_user_data(settings=settings, tenant_user_data=tenant)
     return nova.NovaClientPlugin.build_userdata(None, {}, userdata=ours,
                                                 user_data_format='SOFTWARE_CONFIG')
 
@@ -116,6 +121,21 @@ class GuestTestCase(testtools.TestCase):
             if shutil.which(tool) is None:
                 raise cls.skipException('%s is missing (tools/bootstrap.sh installs it)' % tool)
         cls.guest_root = guestroot.build(log=lambda message: None)
+        tmp = tempfile.mkdtemp(prefix='heat-gpu-guest-test-')
+        cls.addClassCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        cls.mirror_dir = os.path.join(tmp, 'mirror')
+        mirror.build(cls.mirror_dir, log=lambda message: None)
+        server = subprocess.Popen([sys.executable, MIRROR, 'serve', '--dir', cls.mirror_dir,
+                                   '--port', '0'], stdout=subprocess.PIPE, text=True)
+        cls.addClassCleanup(cls._stop_mirror, server)
+        # "mirror: serving https://127.0.0.1:PORT/ from ..."
+        cls.mirror_url = server.stdout.readline().split()[2].rstrip('/')
+
+    @staticmethod
+    def _stop_mirror(server: subprocess.Popen) -> None:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
 
     def setUp(self) -> None:
         super().setUp()
@@ -146,7 +166,9 @@ class GuestTestCase(testtools.TestCase):
         console = os.path.join(self.dir, 'console.log')
         with open(console, 'wb') as out:
             proc = subprocess.Popen([sys.executable, GUEST, '--guest-dir', self.dir,
-                                     '--root', self.guest_root],
+                                     '--root', self.guest_root,
+                                     '--mirror-dir', self.mirror_dir,
+                                     '--mirror-url', self.mirror_url],
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.addCleanup(self._kill, proc)
@@ -286,7 +308,9 @@ class TestTenantUserData(testscenarios.WithScenarios, GuestTestCase):
     ]
 
     def test_boot_script_and_tenant_part_both_apply(self):
-        console = self.boot(heat_user_data(self.tenant),
+        user_data = heat_user_data(self.tenant, mirror_url=self.mirror_url,
+                                   fingerprint=mirror.key_fingerprint(self.mirror_dir))
+        console = self.boot(user_data,
                             until='/var/lib/heat-gpu/final_status')
         self.assertTrue(os.path.isfile(self.on_disk(userdata.SETTINGS_PATH)), console)
         log = self.lines('/var/log/heat-gpu-bootstrap.log')

@@ -168,6 +168,24 @@ class TestUserData(testtools.TestCase):
                           ('text/x-shellscript', '#!/bin/sh\ntrue\n')],
                          [(p[0], p[2]) for p in parts[1:-1]])
 
+    def test_tenant_base64_parts_survive_heats_merge(self) -> None:
+        # Python's email package base64-encodes UTF-8 text; heat's SOFTWARE_CONFIG format
+        # re-reads every part's raw payload, so the parts must reach it decoded.
+        from email.mime import multipart
+        from email.mime import text
+        tenant = multipart.MIMEMultipart()
+        for body, subtype, name in ((TENANT_CONFIG, 'cloud-config', 'c.yaml'),
+                                    (TENANT_SCRIPT, 'x-shellscript', 's.sh')):
+            part = text.MIMEText(body, subtype, 'utf-8')
+            part.add_header('Content-Disposition', 'attachment', filename=name)
+            tenant.attach(part)
+        self.assertIn('Content-Transfer-Encoding: base64', tenant.as_string())
+        ours = userdata.build_user_data(settings=self.settings(),
+                                        tenant_user_data=tenant.as_string())
+        merged = userdata.parts(_heat_build_userdata(ours))
+        self.assertEqual([('text/cloud-config', 'c.yaml', TENANT_CONFIG),
+                          ('text/x-shellscript', 's.sh', TENANT_SCRIPT)], merged[-3:-1])
+
     def test_bad_choice_is_reported(self) -> None:
         settings = self.settings()
         settings['cuda_version'] = '13.0'
