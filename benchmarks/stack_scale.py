@@ -32,7 +32,7 @@ import re
 import statistics
 import sys
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 import uuid
 
 from heatclient import client as heat_client
@@ -251,10 +251,10 @@ class Linearity:
     intercept: float
     slope: float
     worst_deviation: float  # largest |measured - fitted| / measured
-    marginal_ratio: float | None  # last segment's seconds per added instance / first segment's
+    marginal_ratio: Optional[float]  # last segment's seconds per added instance / first segment's
 
 
-def linearity(points: Sequence[tuple[int, float]]) -> Linearity | None:
+def linearity(points: Sequence[tuple[int, float]]) -> Optional[Linearity]:
     """Fit seconds against N; ``None`` with fewer than two distinct N.
 
     ``marginal_ratio`` compares the cost of one more instance between the two largest N with
@@ -571,7 +571,7 @@ class Bench:
                 self.flavor = None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=parse_sizes, default=list(DEFAULT_SIZES),
                         help='comma-separated group sizes N (default: %s)'

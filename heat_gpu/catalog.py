@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Iterable
+from typing import Iterable, Optional, Union
 
 from oslo_log import log as logging
 
@@ -257,7 +257,7 @@ def aliases() -> list[str]:
     return [m.alias for m in _MODELS]
 
 
-def normalize_pci_id(pci_id: str) -> str | None:
+def normalize_pci_id(pci_id: str) -> Optional[str]:
     """Return ``vvvv:dddd`` (lower case) for a PCI id, or None when it is not one.
 
     Accepts ``10de:15f8``, ``10DE:15F8``, ``0x10de:0x15f8`` and the ``pci.device_id`` form of
@@ -276,30 +276,30 @@ def normalize_pci_id(pci_id: str) -> str | None:
     return None
 
 
-def by_key(key: str) -> GpuModel | None:
+def by_key(key: str) -> Optional[GpuModel]:
     """Return the model whose key is *key* (case-insensitive), or None."""
     return _BY_KEY.get(key.strip().lower()) if isinstance(key, str) else None
 
 
-def by_alias(alias: str) -> GpuModel | None:
+def by_alias(alias: str) -> Optional[GpuModel]:
     """Return the model whose default alias is *alias* (case-insensitive), or None."""
     return _BY_ALIAS.get(alias.strip().lower()) if isinstance(alias, str) else None
 
 
-def by_pci_id(pci_id: str) -> GpuModel | None:
+def by_pci_id(pci_id: str) -> Optional[GpuModel]:
     """Return the model with PCI id *pci_id* (any form :func:`normalize_pci_id` takes)."""
     normalized = normalize_pci_id(pci_id)
     return _BY_PCI_ID.get(normalized) if normalized else None
 
 
-def find(ident: 'str | GpuModel') -> GpuModel | None:
+def find(ident: Union[str, GpuModel]) -> Optional[GpuModel]:
     """Return the model that *ident* names as key, alias or PCI id, or None."""
     if isinstance(ident, GpuModel):
         return ident
     return by_key(ident) or by_alias(ident) or by_pci_id(ident)
 
 
-def get(ident: 'str | GpuModel', *, prop: str = 'gpu_model') -> GpuModel:
+def get(ident: Union[str, GpuModel], *, prop: str = 'gpu_model') -> GpuModel:
     """Return the model *ident* names; raise UnknownGpuModel (naming *prop*) when none."""
     model = find(ident)
     if model is None:
@@ -318,10 +318,10 @@ class GpuDescription:
     """
 
     pci_id: str
-    name: str | None
+    name: Optional[str]
     source: str
-    model: GpuModel | None = None
-    vendor_name: str | None = None
+    model: Optional[GpuModel] = None
+    vendor_name: Optional[str] = None
 
     @property
     def known(self) -> bool:
@@ -329,7 +329,7 @@ class GpuDescription:
         return self.model is not None
 
 
-def pci_ids_path(*, path: str | None = None) -> str | None:
+def pci_ids_path(*, path: Optional[str] = None) -> Optional[str]:
     """Return the PCI id database to read, or None when there is none.
 
     *path* wins, else the configured one, else the first existing default path.
@@ -351,7 +351,7 @@ def _read_pci_ids(path: str, mtime: float) -> dict[str, tuple[str, dict[str, str
     ``mtime`` is only part of the cache key, so an updated file is read again.
     """
     vendors: dict[str, tuple[str, dict[str, str]]] = {}
-    devices: dict[str, str] | None = None
+    devices: Optional[dict[str, str]] = None
     with open(path, encoding='utf-8', errors='replace') as stream:
         for line in stream:
             if not line.strip() or line.startswith('#'):
@@ -371,7 +371,8 @@ def _read_pci_ids(path: str, mtime: float) -> dict[str, tuple[str, dict[str, str
     return vendors
 
 
-def lookup_pci_ids(pci_id: str, *, path: str | None = None) -> tuple[str | None, str | None]:
+def lookup_pci_ids(pci_id: str, *,
+                   path: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
     """Return ``(vendor name, device name)`` of *pci_id* from the PCI id database.
 
     Either is None when the database, the vendor or the device is absent.
@@ -390,7 +391,7 @@ def lookup_pci_ids(pci_id: str, *, path: str | None = None) -> tuple[str | None,
     return vendor_name, devices.get(device_id)
 
 
-def describe(pci_id: str, *, path: str | None = None) -> GpuDescription:
+def describe(pci_id: str, *, path: Optional[str] = None) -> GpuDescription:
     """Describe the GPU with PCI id *pci_id*.
 
     Catalog models come with every figure; other ids are named from the PCI id database (at
@@ -422,7 +423,7 @@ def pcie_theoretical_gbps(*, gen: int, lanes: int) -> float:
     return PCIE_GT_PER_LANE[gen] * PCIE_ENCODING[gen] * lanes / 8
 
 
-def expected_h2d_gbps(model: 'str | GpuModel', *, efficiency: float = H2D_EFFICIENCY) -> float:
+def expected_h2d_gbps(model: Union[str, GpuModel], *, efficiency: float = H2D_EFFICIENCY) -> float:
     """Host-to-device copy rate (GB/s, pinned memory) a healthy *model* reaches.
 
     The theoretical rate of its PCIe link times *efficiency* (see ``H2D_EFFICIENCY``).
@@ -431,12 +432,12 @@ def expected_h2d_gbps(model: 'str | GpuModel', *, efficiency: float = H2D_EFFICI
     return round(pcie_theoretical_gbps(gen=gpu.pcie_gen, lanes=gpu.pcie_lanes) * efficiency, 2)
 
 
-def memory_bandwidth_gbps(model: 'str | GpuModel') -> float:
+def memory_bandwidth_gbps(model: Union[str, GpuModel]) -> float:
     """Datasheet peak memory bandwidth of *model* in GB/s."""
     return float(get(model).memory_bandwidth_gbps)
 
 
-def fp32_tflops(model: 'str | GpuModel') -> float:
+def fp32_tflops(model: Union[str, GpuModel]) -> float:
     """Datasheet peak FP32 throughput of *model* in TFLOPS."""
     return float(get(model).fp32_tflops)
 
@@ -447,7 +448,7 @@ def by_architecture(architecture: str) -> list[GpuModel]:
     return [m for m in _MODELS if m.architecture.lower() == wanted]
 
 
-def match_name(name: str, *, candidates: Iterable[GpuModel] = _MODELS) -> GpuModel | None:
+def match_name(name: str, *, candidates: Iterable[GpuModel] = _MODELS) -> Optional[GpuModel]:
     """Return the model whose ``nvidia-smi`` name is *name* (case-insensitive), or None."""
     wanted = name.strip().lower()
     for model in candidates:

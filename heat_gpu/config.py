@@ -19,6 +19,7 @@ oslo-config-generator (namespace ``heat_gpu``).
 """
 
 import os
+from typing import Optional
 
 from oslo_config import cfg
 from oslo_config import types
@@ -157,7 +158,7 @@ def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
     return [(heat_gpu_group, list(heat_gpu_opts))]
 
 
-def pci_ids_candidates(*, conf: cfg.ConfigOpts | None = None) -> list[str]:
+def pci_ids_candidates(*, conf: Optional[cfg.ConfigOpts] = None) -> list[str]:
     """Return the PCI id database paths to try, in order.
 
     An explicit setting (the environment variable, then the option) is the only candidate, so a
@@ -173,7 +174,7 @@ def pci_ids_candidates(*, conf: cfg.ConfigOpts | None = None) -> list[str]:
     return list(DEFAULT_PCI_IDS_PATHS)
 
 
-def trusted_keyring_fingerprints(*, conf: cfg.ConfigOpts | None = None) -> list[str]:
+def trusted_keyring_fingerprints(*, conf: Optional[cfg.ConfigOpts] = None) -> list[str]:
     """Return the trusted cuda-keyring fingerprints, upper case.
 
     The ``[heat_gpu] trusted_keyring_fingerprints`` option, else NVIDIA's repository key
@@ -187,7 +188,7 @@ def trusted_keyring_fingerprints(*, conf: cfg.ConfigOpts | None = None) -> list[
     return [f.upper() for f in configured]
 
 
-def alias_map(*, conf: cfg.ConfigOpts | None = None) -> dict[str, str]:
+def alias_map(*, conf: Optional[cfg.ConfigOpts] = None) -> dict[str, str]:
     """Return the operator's alias -> catalog key map (``[heat_gpu] alias_map``)."""
     conf = conf if conf is not None else cfg.CONF
     return dict(conf.heat_gpu.alias_map or {})

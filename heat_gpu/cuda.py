@@ -33,7 +33,7 @@ candidate when the guest's distribution has no packages of the newest (e.g. RHEL
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Optional, Union
 
 from heat_gpu import catalog
 from heat_gpu import exception
@@ -131,7 +131,7 @@ class Selection:
     cuda_auto: bool
     kernel_modules_auto: bool
     candidates: tuple[dict, ...]
-    gpu_model: str | None
+    gpu_model: Optional[str]
 
     def guest_settings(self) -> dict[str, Any]:
         """The keys of the boot script's settings this selection decides."""
@@ -156,7 +156,7 @@ def releases() -> tuple[CudaRelease, ...]:
     return CUDA_RELEASES
 
 
-def release(version: str) -> CudaRelease | None:
+def release(version: str) -> Optional[CudaRelease]:
     """The CUDA line *version* (``MAJOR.MINOR``), or None."""
     return _BY_VERSION.get(version)
 
@@ -174,17 +174,17 @@ def _known_text() -> str:
     return 'one of %s, or "auto"' % ', '.join(r.version for r in CUDA_RELEASES)
 
 
-def _model_of(model: 'catalog.GpuModel | str | None') -> catalog.GpuModel | None:
+def _model_of(model: Union[catalog.GpuModel, str, None]) -> Optional[catalog.GpuModel]:
     if model is None or isinstance(model, catalog.GpuModel):
         return model
     return catalog.get(model)
 
 
-def _model_name(model: catalog.GpuModel | None) -> str:
+def _model_name(model: Optional[catalog.GpuModel]) -> str:
     return model.key if model is not None else 'an unknown GPU'
 
 
-def _runs_on(rel: CudaRelease, model: catalog.GpuModel | None) -> str | None:
+def _runs_on(rel: CudaRelease, model: Optional[catalog.GpuModel]) -> Optional[str]:
     """None when *rel* supports *model*; else why not."""
     if model is None:
         return None if rel.major <= 12 and rel.min_cc <= (5, 0) else \
@@ -201,13 +201,13 @@ def _runs_on(rel: CudaRelease, model: catalog.GpuModel | None) -> str | None:
     return None
 
 
-def supported_versions(model: 'catalog.GpuModel | str | None') -> list[str]:
+def supported_versions(model: Union[catalog.GpuModel, str, None]) -> list[str]:
     """CUDA lines that build for and run on *model*, newest first."""
     model = _model_of(model)
     return [r.version for r in reversed(CUDA_RELEASES) if _runs_on(r, model) is None]
 
 
-def check_cuda_version(version: str, model: 'catalog.GpuModel | str | None', *,
+def check_cuda_version(version: str, model: Union[catalog.GpuModel, str, None], *,
                        prop: str = 'cuda_version') -> None:
     """Raise unless *version* (``auto`` or ``MAJOR.MINOR``) can be installed for *model*."""
     if version == AUTO:
@@ -228,7 +228,7 @@ def check_cuda_version(version: str, model: 'catalog.GpuModel | str | None', *,
             accepted=', '.join(supported_versions(model)) or 'none')
 
 
-def _check_branch(branch: int, model: catalog.GpuModel | None, *, prop: str) -> None:
+def _check_branch(branch: int, model: Optional[catalog.GpuModel], *, prop: str) -> None:
     if model is not None and not model.open_kernel_modules and \
             branch > LAST_BRANCH_BEFORE_TURING_ONLY:
         raise exception.InvalidGpuRequest(
@@ -238,7 +238,7 @@ def _check_branch(branch: int, model: catalog.GpuModel | None, *, prop: str) -> 
                                   + 1, model.architecture, model.key))
 
 
-def select(*, gpu_model: 'catalog.GpuModel | str | None' = None, cuda_version: str = AUTO,
+def select(*, gpu_model: Union[catalog.GpuModel, str, None] = None, cuda_version: str = AUTO,
            driver_branch: str = AUTO, kernel_modules: str = AUTO,
            install_method: str = AUTO) -> Selection:
     """Choose what to install for *gpu_model* (None: a GPU the catalog does not know).

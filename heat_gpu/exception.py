@@ -17,7 +17,7 @@ Every error carries the keyword arguments it was built with as attributes, so ca
 resources, the CLI) can turn them into their own error types without parsing the message.
 """
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from oslo_log import log as logging
 
@@ -36,7 +36,7 @@ class HeatGpuError(Exception):
 
     msg_fmt = 'An unknown heat-gpu error occurred.'
 
-    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, message: Optional[str] = None, **kwargs: Any) -> None:
         self.kwargs = kwargs
         for key, value in kwargs.items():
             setattr(self, key, value)

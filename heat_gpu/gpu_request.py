@@ -37,7 +37,7 @@ Nova's validator accepts any pass-through count; heat-gpu takes 1 to ``MAX_PASST
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from oslo_log import log as logging
 
@@ -139,7 +139,7 @@ def parse_bool(value: Any, *, prop: str = 'hide_hypervisor_id') -> bool:
 
 
 def model_for_alias(alias: str, *,
-                    alias_map: Mapping[str, str] | None = None) -> catalog.GpuModel | None:
+                    alias_map: Optional[Mapping[str, str]] = None) -> Optional[catalog.GpuModel]:
     """Return the catalog model a PCI alias name stands for, or None.
 
     The operator's ``[heat_gpu] alias_map`` wins; then the catalog's default aliases and keys
@@ -169,11 +169,11 @@ class GpuRequest:
     mode: str
     aliases: tuple[tuple[str, int], ...] = ()
     vgpu_count: int = 0
-    vgpu_trait: str | None = None
+    vgpu_trait: Optional[str] = None
     vgpu_group: str = ''
-    numa_affinity_policy: str | None = None
-    hide_hypervisor_id: bool | None = None
-    model: catalog.GpuModel | None = None
+    numa_affinity_policy: Optional[str] = None
+    hide_hypervisor_id: Optional[bool] = None
+    model: Optional[catalog.GpuModel] = None
 
     @property
     def count(self) -> int:
@@ -183,12 +183,12 @@ class GpuRequest:
         return sum(n for _, n in self.aliases)
 
     @property
-    def alias(self) -> str | None:
+    def alias(self) -> Optional[str]:
         """The first (usually only) alias name of a passthrough request."""
         return self.aliases[0][0] if self.aliases else None
 
     @property
-    def model_key(self) -> str | None:
+    def model_key(self) -> Optional[str]:
         return self.model.key if self.model else None
 
     def gpu_keys(self) -> set[str]:
@@ -211,11 +211,11 @@ class GpuRequest:
         return specs
 
 
-def build_request(*, mode: str = PASSTHROUGH, model: str | None = None,
-                  alias: str | None = None, count: Any = 1, vgpu_trait: str | None = None,
-                  numa_affinity_policy: str | None = None,
+def build_request(*, mode: str = PASSTHROUGH, model: Optional[str] = None,
+                  alias: Optional[str] = None, count: Any = 1, vgpu_trait: Optional[str] = None,
+                  numa_affinity_policy: Optional[str] = None,
                   hide_hypervisor_id: Any = None,
-                  alias_map: Mapping[str, str] | None = None) -> GpuRequest:
+                  alias_map: Optional[Mapping[str, str]] = None) -> GpuRequest:
     """Check a GPU request given as OS::GPU::Flavor properties and return it.
 
     For passthrough, *alias* defaults to the model's default alias and, when given alone, the
@@ -258,7 +258,7 @@ def is_gpu_key(key: str) -> bool:
 
 
 def merge_extra_specs(request: GpuRequest,
-                      extra_specs: Mapping[str, Any] | None = None, *,
+                      extra_specs: Optional[Mapping[str, Any]] = None, *,
                       prop: str = 'extra_specs') -> dict[str, str]:
     """Return the request's extra specs merged with free-form *extra_specs*.
 
@@ -298,8 +298,8 @@ def parse_alias_spec(value: Any, *, prop: str = ALIAS_KEY) -> tuple[tuple[str, i
     return tuple(pairs)
 
 
-def parse_gpu_request(extra_specs: Mapping[str, Any] | None, *,
-                      alias_map: Mapping[str, str] | None = None) -> GpuRequest | None:
+def parse_gpu_request(extra_specs: Optional[Mapping[str, Any]], *,
+                      alias_map: Optional[Mapping[str, str]] = None) -> Optional[GpuRequest]:
     """Read a flavor's extra specs back into a GpuRequest; None when they request no GPU.
 
     Raises InvalidGpuRequest (naming the extra spec key) when a GPU key holds a value nova
@@ -346,7 +346,7 @@ def parse_gpu_request(extra_specs: Mapping[str, Any] | None, *,
                       numa_affinity_policy=policy, hide_hypervisor_id=hide_value)
 
 
-def _parse_vgpu(specs: Mapping[str, Any]) -> tuple[str, int] | None:
+def _parse_vgpu(specs: Mapping[str, Any]) -> Optional[tuple[str, int]]:
     """The first ``resources{group}:VGPU`` key asking for a vGPU, and its count; or None."""
     for key, value in sorted(specs.items()):
         if not _VGPU_KEY_RE.match(key):

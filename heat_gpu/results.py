@@ -34,7 +34,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from heat_gpu import catalog
 from heat_gpu import exception
@@ -86,13 +86,13 @@ class SampleResult:
     """One measurement of one sample program on one GPU (``gpu_index`` None: not tied to one)."""
 
     name: str
-    gpu_index: int | None
+    gpu_index: Optional[int]
     passed: bool
     metric: str
     unit: str
-    measured: float | None
-    expected: float | None
-    ratio: float | None
+    measured: Optional[float]
+    expected: Optional[float]
+    ratio: Optional[float]
     detail: dict
 
     @property
@@ -170,7 +170,7 @@ def _check_sample(index: int, entry: Any) -> dict:
     return entry
 
 
-def parse(output: 'str | bytes | Mapping') -> dict:
+def parse(output: Union[str, bytes, Mapping]) -> dict:
     """Return the runner's document after checking every part of it.
 
     *output* is the runner's stdout (text or bytes) or the already decoded document. Raises
@@ -213,7 +213,7 @@ def _figure(value: float, basis: str, **extra: Any) -> dict:
     return dict(value=round(value, 2), basis=basis, **extra)
 
 
-def expected_figures(model: 'str | catalog.GpuModel', *, include_memory: bool = True) -> dict:
+def expected_figures(model: Union[str, catalog.GpuModel], *, include_memory: bool = True) -> dict:
     """Return ``{metric: {"value", "basis", ...}}`` a healthy *model* reaches.
 
     *include_memory* False leaves out ``memory_mib`` (a vGPU sees only its profile's memory).
@@ -235,7 +235,7 @@ def expected_figures(model: 'str | catalog.GpuModel', *, include_memory: bool = 
     return figures
 
 
-def _model_of(gpu: Mapping) -> 'catalog.GpuModel | None':
+def _model_of(gpu: Mapping) -> Optional[catalog.GpuModel]:
     for key in ('gpu_model', 'pci_id'):
         if gpu.get(key):
             model = catalog.find(str(gpu[key]))
@@ -246,7 +246,7 @@ def _model_of(gpu: Mapping) -> 'catalog.GpuModel | None':
 
 
 def validate_thresholds(*, min_ratio: Any = DEFAULT_MIN_RATIO,
-                        thresholds: Mapping | None = None) -> tuple[float, dict]:
+                        thresholds: Optional[Mapping] = None) -> tuple[float, dict]:
     """Check ``min_ratio`` and ``thresholds``; return them as floats.
 
     Threshold keys are a sample name (``bandwidth``) or ``sample.metric``
@@ -275,10 +275,10 @@ def threshold_for(name: str, metric: str, *, min_ratio: float,
     return thresholds.get('%s.%s' % (name, metric), thresholds.get(name, min_ratio))
 
 
-def runner_inputs(*, samples: Iterable[str] | None = None, min_ratio: float = DEFAULT_MIN_RATIO,
-                  thresholds: Mapping | None = None, gpus: Iterable[Mapping] = (),
-                  gpu_model: str | None = None, vgpu: bool = False,
-                  rerun: str | None = None) -> dict[str, str]:
+def runner_inputs(*, samples: Optional[Iterable[str]] = None, min_ratio: float = DEFAULT_MIN_RATIO,
+                  thresholds: Optional[Mapping] = None, gpus: Iterable[Mapping] = (),
+                  gpu_model: Optional[str] = None, vgpu: bool = False,
+                  rerun: Optional[str] = None) -> dict[str, str]:
     """The deployment input values of the sample runner, as ``{variable: text}``.
 
     The guest agent (and heat-agents' script hook) turns every input into an environment variable
@@ -348,15 +348,15 @@ def failure_reason(report: Report) -> str:
 
 # Judging.
 
-def _lookup(table: Mapping, gpu_index: int | None, metric: str) -> Any:
+def _lookup(table: Mapping, gpu_index: Optional[int], metric: str) -> Any:
     if gpu_index is not None and metric in (table.get(str(gpu_index)) or {}):
         return table[str(gpu_index)][metric]
     return (table.get('*') or {}).get(metric)
 
 
-def evaluate(output: 'str | bytes | Mapping', *, min_ratio: Any = DEFAULT_MIN_RATIO,
-             thresholds: Mapping | None = None, expected: Mapping | None = None,
-             vgpu: bool = False, expected_gpus: int | None = None) -> Report:
+def evaluate(output: Union[str, bytes, Mapping], *, min_ratio: Any = DEFAULT_MIN_RATIO,
+             thresholds: Optional[Mapping] = None, expected: Optional[Mapping] = None,
+             vgpu: bool = False, expected_gpus: Optional[int] = None) -> Report:
     """Parse the runner's output and judge every result.
 
     Expected figures come from *expected* (``{gpu index or "*": {metric: value or {"value",
@@ -427,7 +427,7 @@ def _describe(result: SampleResult) -> str:
     return '%s: %s' % (label, message)
 
 
-def _highlight(results: list[SampleResult], metric: str) -> str | None:
+def _highlight(results: list[SampleResult], metric: str) -> Optional[str]:
     measured = [r for r in results if r.metric == metric and r.measured is not None
                 and r.detail.get('correct')]
     if not measured:

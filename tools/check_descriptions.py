@@ -33,7 +33,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 TYPE_PREFIX = 'OS::GPU::'
 ANY_ITEM = '*'
@@ -74,7 +74,7 @@ def _text_problems(text: str) -> list[str]:
     return problems
 
 
-def check_docstring(doc: str | None) -> list[str]:
+def check_docstring(doc: Optional[str]) -> list[str]:
     """Problems of a resource class docstring (the user's documentation)."""
     if not doc or not doc.strip():
         return ['class docstring missing: add a one-line summary and a description']
@@ -164,7 +164,7 @@ def check_classes(classes: Mapping[str, type]) -> dict[str, list[str]]:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--plugin-dir', default=None,
                         help='Directory heat loads the plugin from (default: heat_gpu/resources '

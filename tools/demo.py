@@ -27,6 +27,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tools/ is a package of the repository, not installed
@@ -52,7 +53,7 @@ def openstack(cloud_name: str, *args: str, show: bool = True, check: bool = True
     return proc.stdout
 
 
-def stack_status(cloud_name: str, name: str) -> str | None:
+def stack_status(cloud_name: str, name: str) -> Optional[str]:
     out = openstack(cloud_name, 'stack', 'show', name, '-f', 'value', '-c', 'stack_status',
                     show=False, check=False).strip()
     return out or None
@@ -80,7 +81,7 @@ def wait_stack(cloud_name: str, name: str, *, timeout: float) -> str:
         time.sleep(3)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     global CLOUD
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--fresh', action='store_true',

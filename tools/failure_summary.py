@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import sys
+from typing import Optional
 
 import subunit
 import testtools
@@ -87,7 +88,7 @@ def summary(found: list[tuple[str, str]], *, lines: int, width: int) -> list[str
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--lines', type=int, default=8,
                         help='lines kept per failed test (default 8)')

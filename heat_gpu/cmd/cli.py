@@ -30,7 +30,7 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Iterable, Sequence, TextIO
+from typing import Iterable, Optional, Sequence, TextIO
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -38,6 +38,7 @@ from oslo_log import log as logging
 from heat_gpu import catalog
 from heat_gpu import exception
 from heat_gpu import gpu_request
+from heat_gpu import releases
 
 LOG = logging.getLogger(__name__)
 
@@ -58,35 +59,18 @@ EXIT_USAGE = 2
 
 # --- nova releases and the names of their options ----------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class NovaRelease:
-    """One OpenStack release and the major version of its nova."""
-
-    name: str
-    codename: str
-    nova_major: int
-
-    @property
-    def label(self) -> str:
-        if self.name == self.codename:
-            return self.name
-        return '%s (%s)' % (self.name, self.codename)
+#: OpenStack release series and their nova major versions, oldest first (heat_gpu.releases, with
+#: its sources); the newest is the default.
+RELEASES = releases.SERIES
+CURRENT_RELEASE = releases.NEWEST
 
 
-#: OpenStack releases and their nova major versions (releases.openstack.org, "nova" deliverable of
-#: each series: Ocata 15.0.0 ... 2026.1 Gazpacho 33.0.0; the installed nova is the last one).
-RELEASES = tuple(NovaRelease(name, codename, major) for name, codename, major in (
-    ('ocata', 'ocata', 15), ('pike', 'pike', 16), ('queens', 'queens', 17),
-    ('rocky', 'rocky', 18), ('stein', 'stein', 19), ('train', 'train', 20),
-    ('ussuri', 'ussuri', 21), ('victoria', 'victoria', 22), ('wallaby', 'wallaby', 23),
-    ('xena', 'xena', 24), ('yoga', 'yoga', 25), ('zed', 'zed', 26),
-    ('2023.1', 'antelope', 27), ('2023.2', 'bobcat', 28), ('2024.1', 'caracal', 29),
-    ('2024.2', 'dalmatian', 30), ('2025.1', 'epoxy', 31), ('2025.2', 'flamingo', 32),
-    ('2026.1', 'gazpacho', 33),
-))
-CURRENT_RELEASE = RELEASES[-1]
+def _nova_major(name: str) -> int:
+    return releases.find_series(name).nova_major
 
-ZED, TRAIN, QUEENS, PIKE, WALLABY, ANTELOPE, CARACAL = 26, 20, 17, 16, 23, 27, 29
+
+ZED, TRAIN, QUEENS, PIKE, WALLABY, ANTELOPE, CARACAL = (
+    _nova_major(name) for name in ('zed', 'train', 'queens', 'pike', 'wallaby', '2023.1', '2024.1'))
 
 #: The release -> option name table. Sources, per row:
 #: - ``[pci] device_spec``: nova 26.0.0 (Zed) renamed ``[pci] passthrough_whitelist`` to
@@ -134,21 +118,20 @@ FORMATS = ('nova.conf', 'tripleo', 'kolla')
 TRIPLEO_LAST = WALLABY
 
 
-def find_release(name: str, *, prop: str = '--release') -> NovaRelease:
+def find_release(name: str, *, prop: str = '--release') -> releases.Series:
     """Return the release *name* (series or code name, any case); raise ValueError naming it."""
-    wanted = name.strip().lower()
-    for release in RELEASES:
-        if wanted in (release.name, release.codename):
-            return release
+    release = releases.find_series(name)
+    if release is not None:
+        return release
     raise ValueError('%s %r is not a release heat-gpu knows; accepted: %s'
                      % (prop, name, ', '.join(r.name for r in RELEASES)))
 
 
-def whitelist_option(release: NovaRelease) -> tuple[str, str]:
+def whitelist_option(release: releases.Series) -> tuple[str, str]:
     return WHITELIST_NEW if release.nova_major >= ZED else WHITELIST_OLD
 
 
-def scheduler_filters(release: NovaRelease) -> list[str]:
+def scheduler_filters(release: releases.Series) -> list[str]:
     names = []
     if release.nova_major < AZ_FILTER_UNTIL:
         names.append('AvailabilityZoneFilter')
@@ -159,7 +142,7 @@ def scheduler_filters(release: NovaRelease) -> list[str]:
     return names
 
 
-def option_names(release: NovaRelease, *, placement: bool = False) -> list[tuple[str, str]]:
+def option_names(release: releases.Series, *, placement: bool = False) -> list[tuple[str, str]]:
     """Every (group, option) operator-config prints for *release*."""
     names = [whitelist_option(release), ALIAS, FILTERS]
     if placement:
@@ -221,7 +204,7 @@ def _ini_lines(options: Iterable[tuple[tuple[str, str], list[str]]]) -> list[str
     return lines
 
 
-def nova_conf(*, types: Sequence[GpuType], release: NovaRelease, cpu: str,
+def nova_conf(*, types: Sequence[GpuType], release: releases.Series, cpu: str,
               placement: bool) -> list[str]:
     specs = [_json(t.device_spec()) for t in types]
     aliases = [_json(t.alias_spec()) for t in types]
@@ -243,7 +226,7 @@ def nova_conf(*, types: Sequence[GpuType], release: NovaRelease, cpu: str,
     return out
 
 
-def kolla(*, types: Sequence[GpuType], release: NovaRelease, cpu: str,
+def kolla(*, types: Sequence[GpuType], release: releases.Series, cpu: str,
           placement: bool) -> list[str]:
     specs = [_json(t.device_spec()) for t in types]
     aliases = [_json(t.alias_spec()) for t in types]
@@ -260,7 +243,7 @@ def kolla(*, types: Sequence[GpuType], release: NovaRelease, cpu: str,
     return out
 
 
-def tripleo(*, types: Sequence[GpuType], release: NovaRelease, cpu: str,
+def tripleo(*, types: Sequence[GpuType], release: releases.Series, cpu: str,
             role: str) -> list[str]:
     if release.nova_major > TRIPLEO_LAST:
         raise ValueError('--format tripleo has no release %s: TripleO\'s last release is wallaby; '
@@ -357,7 +340,7 @@ class HostReport:
         return sum(1 for f in self.findings if f.level == 'WARN')
 
 
-def _read(path: str) -> str | None:
+def _read(path: str) -> Optional[str]:
     try:
         with open(path, encoding='utf-8') as stream:
             return stream.read().strip()
@@ -365,7 +348,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _link_name(path: str) -> str | None:
+def _link_name(path: str) -> Optional[str]:
     try:
         return os.path.basename(os.readlink(path))
     except OSError:

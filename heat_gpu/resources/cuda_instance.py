@@ -18,7 +18,7 @@ import dataclasses
 import datetime
 import json
 import re
-from typing import Any
+from typing import Any, Optional
 import urllib.parse
 
 from keystoneauth1 import exceptions as ks_exceptions
@@ -93,10 +93,10 @@ class _BootWait:
     timeout: int
     active: bool = False
     # When the Compute API first failed to answer in the current outage (None: it answers).
-    outage_since: datetime.datetime | None = None
+    outage_since: Optional[datetime.datetime] = None
     # When nova is asked next for the server's status, and the guest status it was last asked at.
-    next_server_check: datetime.datetime | None = None
-    guest_status_at_check: str | None = None
+    next_server_check: Optional[datetime.datetime] = None
+    guest_status_at_check: Optional[str] = None
 
 
 class CudaInstance(_Server):
@@ -319,7 +319,7 @@ class CudaInstance(_Server):
             raise exception.Error(str(error))
         return False
 
-    def _server_check_due(self, wait: _BootWait, guest_status: str | None) -> bool:
+    def _server_check_due(self, wait: _BootWait, guest_status: Optional[str]) -> bool:
         """Whether to ask nova for the server now.
 
         Every [heat_gpu] server_poll_interval seconds, and at once when the guest reported
@@ -427,7 +427,7 @@ class CudaInstance(_Server):
         name = getattr(flavor, 'name', None)
         return name or str(self.properties[self.FLAVOR])
 
-    def _gpu_request(self, *, missing_flavor_ok: bool) -> gpu_request.GpuRequest | None:
+    def _gpu_request(self, *, missing_flavor_ok: bool) -> Optional[gpu_request.GpuRequest]:
         """Return the flavor's GPU request; raise StackValidationFailed when it has none."""
         flavor_id = self.properties[self.FLAVOR]
         try:
@@ -448,7 +448,7 @@ class CudaInstance(_Server):
             raise exception.StackValidationFailed(resource=self, message=str(ex))
         return request
 
-    def _model(self, request: gpu_request.GpuRequest) -> catalog.GpuModel | None:
+    def _model(self, request: gpu_request.GpuRequest) -> Optional[catalog.GpuModel]:
         hint = self.properties[self.GPU_MODEL]
         if hint:
             return catalog.get(hint, prop=self.GPU_MODEL)
@@ -559,7 +559,7 @@ class CudaInstance(_Server):
             'timeout': self._bootstrap_timeout(),
         }
 
-    def _guest_state(self) -> tuple[str | None, str | None, dict]:
+    def _guest_state(self) -> tuple[Optional[str], Optional[str], dict]:
         """The guest's last status, reason and report, read fresh from the database."""
         data = self._fresh_data()
         try:
@@ -600,7 +600,7 @@ class CudaInstance(_Server):
         return status, reason, dict(data)
 
     @staticmethod
-    def _failure_text(reason: str | None, report: dict) -> str:
+    def _failure_text(reason: Optional[str], report: dict) -> str:
         error = gpu_exception.BootstrapFailed(phase=report.get('phase') or 'boot',
                                               reason=reason or 'no reason given',
                                               log_tail=report.get('log_tail') or [])

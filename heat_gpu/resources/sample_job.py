@@ -16,7 +16,7 @@
 import dataclasses
 import datetime
 import json
-from typing import Any
+from typing import Any, Optional
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -312,7 +312,7 @@ def _is_ratio(value: Any) -> bool:
         return False
 
 
-def _tail(text: str | None) -> str:
+def _tail(text: Optional[str]) -> str:
     lines = (text or '').strip().splitlines()[-STDERR_TAIL_LINES:]
     return '\nLast %d lines of stderr:\n%s' % (len(lines), '\n'.join(lines)) if lines else ''
 

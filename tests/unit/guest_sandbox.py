@@ -14,13 +14,13 @@
 """Test helpers: run the real boot script in a gpusim guest, and a fake Keystone + Heat API."""
 
 import dataclasses
-import http.server
 import json
 import os
 import subprocess
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
+from tests.unit import native_http
 from tools.gpusim import gpusim
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,7 +51,9 @@ class FakeCloud:
         self.tokens: list[str] = []
         cloud = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        http_server = native_http.http_server()
+
+        class Handler(http_server.BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -86,7 +88,7 @@ class FakeCloud:
                 self.end_headers()
                 self.wfile.write(payload.encode())
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server = http_server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.url = 'http://127.0.0.1:%d' % self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -126,7 +128,7 @@ class Boot:
         with open(os.path.join(self.root, path.lstrip('/')), encoding='utf-8') as f:
             return f.read()
 
-    def final_status(self) -> str | None:
+    def final_status(self) -> Optional[str]:
         try:
             return self.file('/var/lib/heat-gpu/final_status').strip()
         except FileNotFoundError:
@@ -151,7 +153,7 @@ def base_settings(**overrides: Any) -> dict:
 
 def boot(root: str, *, distro: str = 'ubuntu', version: str = '22.04',
          devices: Iterable[dict] = (P100,), prebaked: bool = False, faults: Iterable[str] = (),
-         settings: dict | None = None, max_boots: int = 3, setup: Any = None) -> Boot:
+         settings: Optional[dict] = None, max_boots: int = 3, setup: Any = None) -> Boot:
     """Run the boot script in a fresh gpusim guest, rebooting when it asks, until it stops."""
     env = gpusim.make_guest(root, distro=distro, version=version, devices=list(devices),
                             prebaked=prebaked, faults=list(faults))

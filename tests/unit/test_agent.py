@@ -13,7 +13,6 @@
 
 """The guest agent against a local HTTP server that answers like Keystone and the Heat API."""
 
-import http.server
 import importlib.machinery
 import importlib.util
 import json
@@ -22,9 +21,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from typing import Optional
 
 import fixtures
 import testtools
+
+from tests.unit import native_http
 
 AGENT = os.path.join(os.path.dirname(__file__), '..', '..', 'heat_gpu', 'guest', 'heat-gpu-agent')
 
@@ -72,7 +74,7 @@ def write_credentials(root: str, heat: dict) -> None:
             'collectors': ['ec2', 'heat', 'local'], 'heat': heat}}, f)
 
 
-def run_agent_once(*, root: str, path: str | None = None) -> subprocess.CompletedProcess:
+def run_agent_once(*, root: str, path: Optional[str] = None) -> subprocess.CompletedProcess:
     """Run the real agent once in a clean environment rooted at *root*."""
     env = {'PATH': path or os.environ.get('PATH', '/usr/bin:/bin'), 'HEAT_GPU_ROOT': root,
            'HEAT_GPU_AGENT_TIMEOUT': '60'}
@@ -100,7 +102,9 @@ class FakeCloud:
         cloud = self
         heat_prefix = '/heat/v1/%s/stacks/%s/resources/' % (project, stack_path)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        http_server = native_http.http_server()
+
+        class Handler(http_server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
@@ -157,7 +161,7 @@ class FakeCloud:
                                  'catalog': catalog}}
                 return self._reply(201, doc, {'X-Subject-Token': token})
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server = http_server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

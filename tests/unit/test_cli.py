@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 import fixtures
 import testscenarios
@@ -27,6 +28,7 @@ import yaml
 
 from heat_gpu import catalog
 from heat_gpu.cmd import cli
+from heat_gpu import releases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSFS_FIXTURES = os.path.join(HERE, 'fixtures', 'sysfs')
@@ -62,23 +64,46 @@ if request.get('device_spec') is not None:
     from nova.pci import whitelist
     out['device_specs'] = len(whitelist.Whitelist(request['device_spec']).specs)
     nova.conf.CONF.set_override('alias', request['alias'], 'pci')
-    aliases = pci_request.get_alias_from_config()
+    aliases = getattr(pci_request, request['alias_parser'])()
     out['aliases'] = {name: specs for name, (policy, specs) in aliases.items()}
 print(json.dumps(out))
 """
 
+#: nova's parser of ``[pci] alias``: ``_get_alias_from_config`` up to nova 30 (2024.2),
+#: ``get_alias_from_config`` from nova 31 (2025.1) on (nova/pci/request.py of nova 29.4.0,
+#: 30.2.1, 31.3.1).
+ALIAS_PARSER_PUBLIC_FROM = 31
+
 _NOVA = {}
 
 
-def nova_probe(*, device_spec: list | None = None, alias: list | None = None) -> dict:
+def installed_nova_major() -> int:
+    from importlib import metadata
+    return int(metadata.version('nova').split('.')[0])
+
+
+def alias_parser(nova_major: int) -> str:
+    if nova_major >= ALIAS_PARSER_PUBLIC_FROM:
+        return 'get_alias_from_config'
+    return '_get_alias_from_config'
+
+
+def nova_probe(*, device_spec: Optional[list] = None, alias: Optional[list] = None) -> dict:
     """Ask the installed nova (in a child process) for its options, filters and parsers."""
     key = json.dumps([device_spec, alias])
     if key not in _NOVA:
-        proc = subprocess.run([sys.executable, '-c', NOVA_PROBE],
-                              input=json.dumps({'device_spec': device_spec, 'alias': alias}),
+        request = {'device_spec': device_spec, 'alias': alias,
+                   'alias_parser': alias_parser(installed_nova_major())}
+        proc = subprocess.run([sys.executable, '-c', NOVA_PROBE], input=json.dumps(request),
                               capture_output=True, text=True, timeout=120, check=True)
         _NOVA[key] = json.loads(proc.stdout)
     return _NOVA[key]
+
+
+def installed_release() -> releases.Series:
+    """The series of the installed nova (the release matrix installs each supported line's)."""
+    major = int(nova_probe()['version'].split('.')[0])
+    return releases.series_of_nova(major)
 
 
 def nova_options() -> set[tuple[str, str]]:
@@ -161,9 +186,23 @@ class TestPolicyAndPluginDir(testtools.TestCase):
 
 class TestReleaseTable(testtools.TestCase):
 
-    def test_current_release_is_the_installed_nova(self):
-        major = int(nova_probe()['version'].split('.')[0])
-        self.assertEqual(cli.CURRENT_RELEASE.nova_major, major)
+    def test_installed_nova_is_a_supported_line(self):
+        self.assertEqual(installed_nova_major(), int(nova_probe()['version'].split('.')[0]))
+        self.assertIn(installed_release(), [line.series for line in releases.SUPPORTED])
+
+    def test_current_release_is_the_newest_supported_line(self):
+        self.assertIs(releases.SUPPORTED[-1].series, cli.CURRENT_RELEASE)
+        self.assertIs(cli.RELEASES[-1], cli.CURRENT_RELEASE)
+        rc, out, err = run_cli('operator-config', '--model', 'T4')
+        self.assertEqual(0, rc, err)
+        self.assertEqual('# nova %s: nova.conf settings for GPU passthrough'
+                         % cli.CURRENT_RELEASE.label, out.splitlines()[0])
+
+    def test_supported_lines_are_known_releases(self):
+        for line in releases.SUPPORTED:
+            self.assertIs(line.series, cli.find_release(line.name))
+            self.assertEqual(line.series.nova_major, int(line.nova.split('.')[0]))
+            self.assertEqual(line.series.heat_major, int(line.heat.split('.')[0]))
 
     def test_releases_are_consecutive(self):
         majors = [r.nova_major for r in cli.RELEASES]
@@ -190,7 +229,7 @@ class TestOperatorConfigOptionNames(testtools.TestCase):
             printed = {(g, n) for g, n, _ in ini_options(out)}
             self.assertEqual(set(cli.option_names(self.release)), printed)
             for key in printed:
-                if self.release is cli.CURRENT_RELEASE:
+                if self.release is installed_release():
                     self.assertIn(key, current, 'not an option of the installed nova')
                 else:
                     self.assertTrue(key in current or key in deprecated,
@@ -218,9 +257,10 @@ class TestOperatorConfigOptionNames(testtools.TestCase):
 
 class TestOperatorConfigValues(testtools.TestCase):
 
-    def test_current_values_parse_with_nova(self):
+    def test_values_parse_with_the_installed_nova(self):
         rc, out, err = run_cli('operator-config', '--model', 'P100-PCIE-16GB',
-                               '--model', 'A100-PCIE-80GB', '--alias', 'gpu-p100')
+                               '--model', 'A100-PCIE-80GB', '--alias', 'gpu-p100',
+                               '--release', installed_release().name)
         self.assertEqual(0, rc, err)
         compute_part = out.split('# --- nova-api')[0]
         options = ini_options(compute_part)

@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tarfile
+from typing import Optional
 
 import fixtures
 import testscenarios
@@ -98,7 +99,7 @@ def plugin_class(type_name: str) -> type:
     raise KeyError(type_name)
 
 
-def make_stack(tmpl: dict, params: dict | None = None, *, files: dict | None = None):
+def make_stack(tmpl: dict, params: Optional[dict] = None, *, files: Optional[dict] = None):
     base.init_global_environment()
     env = environment.Environment({'parameters': params or {}})
     return parser.Stack(utils.dummy_context(), 'envtest',

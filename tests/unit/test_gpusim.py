@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+from typing import Optional
 
 import fixtures
 import testtools
@@ -54,7 +55,7 @@ class TestGpusim(testtools.TestCase):
         self.env.update(env)
         return env
 
-    def run_cmd(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    def run_cmd(self, *argv: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
                               timeout=60, check=False, input=stdin)
 
@@ -347,7 +348,7 @@ class TestGpusimSamplePrograms(testtools.TestCase):
         self.work = os.path.join(self.root, 'var', 'lib', 'heat-gpu', 'samples')
 
     def run_job(self, devices: list[dict], *, faults: tuple[str, ...] = (),
-                samples: list[str] | None = None, **extra: str) -> tuple[int, dict]:
+                samples: Optional[list[str]] = None, **extra: str) -> tuple[int, dict]:
         env = gpusim.make_guest(self.root, distro='ubuntu', version='22.04', devices=devices,
                                 prebaked=True, faults=faults)
         self.env = {k: v for k, v in os.environ.items()
@@ -401,7 +402,7 @@ class TestGpusimSamplePrograms(testtools.TestCase):
         for entry in dict(pairs)['results']:
             self.assertIn([k for k, _ in entry], ordered, name)
 
-    def by(self, report: results.Report, name: str, metric: str | None = None) -> list:
+    def by(self, report: results.Report, name: str, metric: Optional[str] = None) -> list:
         return [s for s in report.samples
                 if s.name == name and (metric is None or s.metric == metric)]
 

@@ -17,6 +17,7 @@
 # it is imported for that side effect only, hence the noqa.
 from heat.tests import common  # noqa: F401
 
+import ast
 import importlib.util
 import logging
 import os
@@ -72,6 +73,11 @@ class PluginLoadingTest(testtools.TestCase):
         super().setUp()
         self.useFixture(FreshPluginPackage())
         self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        # heat-engine parses its configuration before it loads plugins. Do the same (no files):
+        # oslo.policy 4.6 and older (2025.2 and before) look up the policy file when heat makes
+        # its ResourceEnforcer in env.get_types(), and fail on a configuration never parsed.
+        cfg.CONF([], project='heat', default_config_files=[], default_config_dirs=[])
+        self.addCleanup(cfg.CONF.reset)
         cfg.CONF.import_opt('plugin_dirs', 'heat.common.config')
         cfg.CONF.set_override('plugin_dirs', [PLUGIN_DIR])
         self.addCleanup(cfg.CONF.clear_override, 'plugin_dirs')
@@ -109,6 +115,47 @@ class PluginLoadingTest(testtools.TestCase):
         by_module = {m.__name__: mapping.load_from_module(m) for m in manager.modules}
         self.assertEqual(['OS::GPU::Flavor'],
                          sorted(by_module['heat.engine.plugins.gpu_flavor']))
+
+
+class PluginModuleSourceTest(testtools.TestCase):
+    """heat's plugin loader runs a module before it puts it in sys.modules.
+
+    A dataclass with string annotations then fails as the class is made (``dataclasses`` looks
+    the annotations up in ``sys.modules[cls.__module__]``), on every Python: so no
+    ``from __future__ import annotations`` and no quoted field types in plugin modules; the
+    ``typing`` names keep the annotations loadable on Python 3.9.
+    """
+
+    def test_dataclass_fields_are_evaluated_annotations(self):
+        for name in sorted(os.listdir(PLUGIN_DIR)):
+            if not name.endswith('.py'):
+                continue
+            with open(os.path.join(PLUGIN_DIR, name), encoding='utf-8') as stream:
+                tree = ast.parse(stream.read(), name)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module == '__future__':
+                    self.assertNotIn('annotations', [a.name for a in node.names], name)
+                if isinstance(node, ast.AnnAssign) and isinstance(node.annotation, ast.Constant):
+                    self.fail('%s:%d: quoted annotation %r' % (name, node.lineno,
+                                                               node.annotation.value))
+
+    def test_a_quoted_dataclass_field_fails_heats_loader(self):
+        # The failure the rule above avoids, through heat's own loader.
+        plugin_dir = self.useFixture(fixtures.TempDir()).path
+        with open(os.path.join(plugin_dir, 'quoted_gpu.py'), 'w', encoding='utf-8') as stream:
+            stream.write(textwrap.dedent('''
+                import dataclasses
+
+
+                @dataclasses.dataclass
+                class Wait:
+                    deadline: 'int'
+            '''))
+        self.useFixture(FreshPluginPackage())
+        cfg.CONF.import_opt('plugin_dirs', 'heat.common.config')
+        cfg.CONF.set_override('plugin_dirs', [plugin_dir])
+        self.addCleanup(cfg.CONF.clear_override, 'plugin_dirs')
+        self.assertRaises(AttributeError, plugin_manager.PluginManager)
 
 
 class BadResource(resource.Resource):

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Optional
 
 import testscenarios
 import testtools
@@ -30,7 +31,7 @@ from heat_gpu import results
 load_tests = testscenarios.load_tests_apply_scenarios
 
 
-def sample(name: str, metric: str, unit: str, measured: float | None, *, gpu: int | None = 0,
+def sample(name: str, metric: str, unit: str, measured: Optional[float], *, gpu: Optional[int] = 0,
            correct: bool = True, **detail) -> dict:
     """One result as run-samples.sh writes it when it was given no expected figure."""
     return {'name': name, 'gpu_index': gpu, 'passed': correct, 'metric': metric, 'unit': unit,
@@ -70,7 +71,7 @@ A100X2 = machine('NVIDIA A100-PCIE-40GB', 40326,
                  [(24.12, 26.20, 1297.84, 17.801), (24.31, 26.17, 1301.06, 17.845)])
 
 
-def find(report: results.Report, metric: str, gpu_index: int | None = 0) -> results.SampleResult:
+def find(report: results.Report, metric: str, gpu_index: Optional[int] = 0) -> results.SampleResult:
     found = [s for s in report.samples if s.metric == metric and s.gpu_index == gpu_index]
     assert len(found) == 1, found
     return found[0]

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 import testtools
 
@@ -56,8 +57,8 @@ class RunSamplesTest(testtools.TestCase):
         with open(os.path.join(self.outputs, name + '.json'), encoding='utf-8') as stream:
             return json.load(stream)
 
-    def record(self, name: str, doc: dict | None = None, *, rc: int | None = None,
-               stderr: str | None = None, compile_error: str | None = None) -> None:
+    def record(self, name: str, doc: Optional[dict] = None, *, rc: Optional[int] = None,
+               stderr: Optional[str] = None, compile_error: Optional[str] = None) -> None:
         base = os.path.join(self.outputs, name)
         if doc is not None:
             with open(base + '.json', 'w', encoding='utf-8') as stream:
@@ -68,7 +69,7 @@ class RunSamplesTest(testtools.TestCase):
                 with open(base + suffix, 'w', encoding='utf-8') as stream:
                     stream.write('%s\n' % text)
 
-    def run_samples(self, *, caps: str | None = '6.0', inputs: dict | None = None,
+    def run_samples(self, *, caps: Optional[str] = '6.0', inputs: Optional[dict] = None,
                     nvcc: bool = True, script: str = RUNNER,
                     **env: str) -> tuple[int, dict, str]:
         environ = {
@@ -106,7 +107,7 @@ class RunSamplesTest(testtools.TestCase):
         with open(self.log, encoding='utf-8') as stream:
             return [line.split()[1] for line in stream if line.startswith('run ')]
 
-    def by(self, doc: dict, name: str, metric: str | None = None) -> list[dict]:
+    def by(self, doc: dict, name: str, metric: Optional[str] = None) -> list[dict]:
         return [s for s in doc['samples']
                 if s['name'] == name and (metric is None or s['metric'] == metric)]
 

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+from typing import Optional
 
 import testscenarios
 import testtools
@@ -39,7 +40,7 @@ LIBS = {'gemm': ['-lcublas'], 'device_query': ['-ldl']}
 COMPILE_TIMEOUT = 300
 
 
-def find_toolkit() -> str | None:
+def find_toolkit() -> Optional[str]:
     """The directory of the PyPI CUDA toolkit (``site-packages/nvidia/cuXX``), if installed.
 
     ``HEAT_GPU_TEST_NVCC`` may name another nvcc; its toolkit directory is then its parent's parent.

@@ -25,6 +25,7 @@ from tests.unit import base  # isort: skip
 import glob
 import os
 import re
+from typing import Optional
 
 import fixtures
 import testscenarios
@@ -98,7 +99,7 @@ def walk(node, *, path: str = ''):
             yield from walk(value, path='%s[%d]' % (path, index))
 
 
-def usable(cls: type, name: str, *, conditions: bool = False) -> type | None:
+def usable(cls: type, name: str, *, conditions: bool = False) -> Optional[type]:
     """The function class version *cls* maps *name* to, or None when it has none."""
     table = cls.condition_functions if conditions else cls.functions
     fn = table.get(name)
@@ -401,7 +402,7 @@ class TestResolvedProperties(testtools.TestCase):
 class TestExpressions(testtools.TestCase):
     """yaql expressions of the templates, evaluated by heat's yaql function."""
 
-    def evaluate(self, path: str, snippet: dict, data: dict, params: dict | None = None):
+    def evaluate(self, path: str, snippet: dict, data: dict, params: Optional[dict] = None):
         from heat.engine import environment
         base.init_global_environment()
         tmpl = template_format.parse(read(os.path.join(ROOT, path)))
