@@ -1,7 +1,8 @@
 #!/bin/bash
 # Prepare this checkout on a machine that has only Python: Debian packages the tests and the local
-# cloud need, and one virtualenv (.venv) holding the plugin, heat and the local cloud's services at the
-# pinned versions in constraints.txt. Safe to rerun: each step is skipped when already done.
+# cloud need, one virtualenv (.venv) holding the plugin, heat and the local cloud's services at the
+# pinned versions in constraints.txt, and Horizon's own (.venv-horizon, tools/bootstrap-horizon.sh).
+# Safe to rerun: each step is skipped when already done.
 set -eu -o pipefail
 [ -n "${HEAT_GPU_TRACE:-}" ] && set -x
 
@@ -12,8 +13,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages: the message broker and database of the local cloud, the PCI id database the
 # catalog falls back on, cloud-init (its schema validator checks our user data), and what builds and
-# boots the local cloud's guest root (mmdebstrap, bubblewrap).
-apt_packages=(rabbitmq-server mariadb-server pciutils pci.ids cloud-init curl mmdebstrap bubblewrap)
+# boots the local cloud's guest root (mmdebstrap, bubblewrap), and the browser the Horizon tests drive.
+apt_packages=(rabbitmq-server mariadb-server pciutils pci.ids cloud-init curl mmdebstrap bubblewrap
+    chromium chromium-driver)
 
 missing_apt() {
     local p
@@ -40,6 +42,8 @@ if [ -z "$HEAT_GPU_SKIP_APT" ] && command -v apt-get >/dev/null; then
             --no-install-recommends "${need[@]}" >/dev/null
     fi
 fi
+
+HORIZON_VENV="${HORIZON_VENV:-$top/.venv-horizon}" PYTHON="$PYTHON" "$top/tools/bootstrap-horizon.sh"
 
 stamp="$VENV/.heat-gpu-stamp"
 want=$(cat "$top/constraints.txt" "$top/requirements.txt" "$top/test-requirements.txt" \

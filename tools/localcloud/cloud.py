@@ -47,9 +47,11 @@ import urllib.request
 
 try:
     from tools.localcloud import guestroot
+    from tools.localcloud import horizon
     from tools.localcloud import mirror
 except ImportError:  # run as a script: this directory is sys.path[0]
     import guestroot
+    import horizon
     import mirror
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,6 +72,7 @@ PORTS = {
     'rabbitmq': 5672,
     'rabbitmq-dist': 25672,
     'epmd': 4369,
+    'horizon': 8080,  # optional: horizon.py
 }
 SERVICE_USERS = ('nova', 'placement', 'glance', 'heat')
 
@@ -246,6 +249,7 @@ class Cloud:
         # the previous run and would make a compute that is still starting look "up".
         self._computes_started: datetime.datetime | None = None
         self._settings: dict | None = None
+        self._horizon = horizon.requested()
 
     # Settings fixed when the state directory is created: port offset and host layout
 
@@ -500,7 +504,8 @@ class Cloud:
         return (['mariadb', 'epmd', 'rabbitmq', 'keystone', 'placement', 'glance', 'nullnet',
                  'mirror', 'nova-api', 'nova-conductor', 'nova-scheduler']
                 + ['nova-compute-%s' % h for h in self.compute_hosts]
-                + ['heat-api', 'heat-engine'])
+                + ['heat-api', 'heat-engine']
+                + (['horizon'] if self._horizon or self.pid('horizon') else []))
 
     # Configuration
 
@@ -1174,7 +1179,9 @@ class Cloud:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def start(self) -> dict:
+    def start(self, *, horizon: bool = False) -> dict:
+        """Start what is not running; ``horizon`` adds the optional Horizon service."""
+        self._horizon = self._horizon or horizon
         with self._lock():
             if self.is_up():
                 return {'already_running': True}
@@ -1227,6 +1234,13 @@ class Cloud:
                            what='to see both nova-compute services up', also=self._computes())
         self._wait_for('heat-engine', self._engine_up, what='to report to heat-api',
                        also=('heat-api',))
+        if self._horizon:
+            try:
+                horizon.configure(self)
+                horizon.start(self)
+            except horizon.HorizonError as exc:
+                raise CloudError(str(exc)) from None
+            horizon.wait(self)
         self._mark('ready')
         self._mark('ready-once')
         elapsed = time.monotonic() - t0
@@ -1302,7 +1316,7 @@ class Cloud:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker('ready'))
             tiers = [
-                ['heat-api', 'heat-engine', 'nova-api', 'nullnet', 'mirror', 'glance',
+                ['horizon', 'heat-api', 'heat-engine', 'nova-api', 'nullnet', 'mirror', 'glance',
                  'placement', 'nova-scheduler', 'nova-conductor']
                 + ['nova-compute-%s' % h for h in self.compute_hosts],
                 ['keystone'],
@@ -1347,21 +1361,23 @@ class Cloud:
         return '\n'.join(lines)
 
 
-def ensure_running(*, state_dir: str | None = None) -> Cloud:
+def ensure_running(*, state_dir: str | None = None, horizon: bool = False) -> Cloud:
     """Start the local cloud unless it already runs; return it (for clouds.yaml, clients)."""
     cloud = Cloud(state_dir=state_dir)
-    cloud.start()
+    cloud.start(horizon=horizon)
     return cloud
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('command', choices=('start', 'stop', 'status', 'env', 'clean'))
+    parser.add_argument('--horizon', action='store_true',
+                        help='start: also start Horizon (as %s=1 does)' % horizon.ENV)
     args = parser.parse_args(argv)
     cloud = Cloud()
     try:
         if args.command == 'start':
-            result = cloud.start()
+            result = cloud.start(horizon=args.horizon)
             if result.get('already_running'):
                 print('localcloud: already running (%s)' % cloud.state)
             print('\n'.join(cloud.env_lines()))
