@@ -37,13 +37,13 @@ PREBAKED_IMAGE = 'ubuntu-22.04-cuda-prebaked'
 PORTABLE_ENV = 'environments/portable.yaml'
 
 # One CudaInstance and nothing else, for the cases the tenant template has no parameter for
-# (server metadata, which carries the simulator's fault injection).
+# (the mirror: the local cloud's, or one of its faults).
 BARE_INSTANCE = textwrap.dedent('''\
     heat_template_version: 2016-10-14
     parameters:
       flavor: {type: string}
       image: {type: string}
-      faults: {type: string, default: ''}
+      mirror_url: {type: string}
     resources:
       instance:
         type: OS::GPU::CudaInstance
@@ -51,7 +51,7 @@ BARE_INSTANCE = textwrap.dedent('''\
           flavor: {get_param: flavor}
           image: {get_param: image}
           networks: [{allocate_network: none}]
-          metadata: {heat_gpu_sim_faults: {get_param: faults}}
+          mirror_url: {get_param: mirror_url}
           bootstrap_timeout: 300
     outputs:
       server_id:
@@ -292,7 +292,8 @@ class TestTenantInstance(GpuStackTestCase):
         flavor = self.create_gpu_flavor(alias='p100', count=1)
         stack_id = self.launch({'template': BARE_INSTANCE},
                                parameters={'flavor': flavor.id, 'image': IMAGE,
-                                           'faults': 'package-install-fails'})
+                                           'mirror_url': self.cloud.url('mirror')
+                                           + '/faults/package-install-fails'})
         stack = self.wait_for_stack(stack_id, 'CREATE_FAILED')
         attributes = self.instance_attributes(stack_id, 'bootstrap_status', 'failure_reason',
                                               'log_tail')
@@ -314,7 +315,8 @@ class TestTenantInstance(GpuStackTestCase):
     def test_prebaked_image_skips_the_install(self):
         flavor = self.create_gpu_flavor(alias='p100', count=1)
         stack_id = self.launch({'template': BARE_INSTANCE},
-                               parameters={'flavor': flavor.id, 'image': PREBAKED_IMAGE})
+                               parameters={'flavor': flavor.id, 'image': PREBAKED_IMAGE,
+                                           'mirror_url': self.cloud.url('mirror')})
         stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
         attributes = self.instance_attributes(stack_id, 'bootstrap_status', 'phase_times', 'gpus')
         self.assertEqual('SUCCESS', attributes['bootstrap_status'])

@@ -25,6 +25,7 @@
 import base64
 import email
 import gzip
+import hashlib
 import ipaddress
 import json
 import os
@@ -37,7 +38,7 @@ from openstack import exceptions as sdk_exc
 import yaml
 
 from tests.functional import base
-from tools.gpusim import gpusim
+from tools.localcloud import mirror
 
 PREBAKED_IMAGE = 'ubuntu-22.04-cuda-prebaked'
 IMAGE = 'ubuntu-22.04-gpu'
@@ -454,17 +455,17 @@ class TestLogs(SecurityTestCase):
 
 class TestDownloads(SecurityTestCase):
 
-    MIRROR = 'https://mirror.example.org/nvidia'
     KEYRING = 'cuda-keyring_1.1-1_all.deb'
 
     def test_tampered_download_stops_the_bootstrap(self):
-        # The mirror (gpusim's download stand-in, "checksum-mismatch": a broken proxy on the way)
-        # serves other bytes than the file whose sha256 the tenant gave.
-        url = '%s/compute/cuda/repos/ubuntu2204/x86_64/%s' % (self.MIRROR, self.KEYRING)
-        good = gpusim.download_sha256(url)
-        stack_id = self.launch_instance(image=IMAGE, mirror_url=self.MIRROR,
-                                        checksums={self.KEYRING: good},
-                                        faults='checksum-mismatch')
+        # The local cloud's mirror, behind a broken proxy (its "tampered" fault), serves other
+        # bytes than the file whose sha256 the tenant gave: the keyring as the mirror has it.
+        mirror_url = self.cloud.url('mirror') + '/faults/tampered'
+        path = 'compute/cuda/repos/ubuntu2204/x86_64/' + self.KEYRING
+        with open(os.path.join(self.cloud.mirror_dir, 'www', path), 'rb') as f:
+            good = hashlib.sha256(f.read()).hexdigest()
+        stack_id = self.launch_instance(image=IMAGE, mirror_url=mirror_url,
+                                        checksums={self.KEYRING: good})
         # Without the check the stack would complete: wait for whichever end comes.
         self.wait_until(
             lambda: self.heat_demo.stacks.get(stack_id).stack_status != 'CREATE_IN_PROGRESS',
@@ -477,14 +478,14 @@ class TestDownloads(SecurityTestCase):
                                                 with_attr=['failure_reason'])
         self.assertIn('sha256', resource.attributes['failure_reason'])
         server_id = resource.physical_resource_id
-        with open(self.cloud.path('guests', server_id, 'disk', '.gpusim', 'commands.jsonl'),
-                  encoding='utf-8') as f:
-            commands = [json.loads(line) for line in f if line.strip()]
-        # The file came from the mirror, and nothing installed or kept it.
-        self.assertIn(url, [c['args'][-1] for c in commands if c['cmd'] == 'curl'])
-        self.assertEqual([], [c for c in commands if c['cmd'] == 'dpkg'])
-        self.assertEqual([], [path for path, _ in self.guest_files(server_id)
-                              if os.path.basename(path).startswith('cuda-keyring')])
+        # The file came from the mirror, through the fault, and nothing installed or kept it:
+        # dpkg never heard of cuda-keyring.
+        with open(mirror.access_log_path(self.cloud.mirror_dir), encoding='utf-8') as f:
+            fetched = [json.loads(line)['path'] for line in f if line.strip()]
+        self.assertIn('/faults/tampered/' + path, fetched)
+        written = dict(self.guest_files(server_id))
+        self.assertNotIn(b'Package: cuda-keyring', written.get('var/lib/dpkg/status', b''))
+        self.assertEqual([], [p for p in written if os.path.basename(p).startswith('cuda-keyring')])
         self.delete_stack(stack_id)
 
 

@@ -52,6 +52,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GUEST = os.path.join(REPO, 'tools', 'localcloud', 'guest.py')
 MIRROR = os.path.join(REPO, 'tools', 'localcloud', 'mirror.py')
 UUID = '5a0f7c0e-0000-4000-8000-000000000001'
+#: Written by cloud-init at the end of its last stage.
+BOOT_FINISHED = '/var/lib/cloud/data/result.json'
 P100 = {'pci_address': '0000:04:00.0', 'vendor_id': '10de', 'product_id': '15f8',
         'numa_node': 0}
 
@@ -117,7 +119,7 @@ class GuestTestCase(testtools.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        for tool in ('mmdebstrap', 'bwrap', 'unshare'):
+        for tool in ('mmdebstrap', 'systemd-nspawn', 'unshare'):
             if shutil.which(tool) is None:
                 raise cls.skipException('%s is missing (tools/bootstrap.sh installs it)' % tool)
         cls.guest_root = guestroot.build(log=lambda message: None)
@@ -143,10 +145,10 @@ class GuestTestCase(testtools.TestCase):
         self.disk = guest_machine.disk_dir(self.dir)
 
     def boot(self, user_data: str, *, distro: str = 'debian', version: str = '12',
-             devices: typing.Optional[list] = None, boots: int = 1,
-             until: typing.Optional[str] = None) -> str:
-        """Boot the instance until its *boots*-th boot is up (or until the guest wrote the file
-        *until*), power it off; return the console."""
+             devices: typing.Optional[list] = None,
+             until: typing.Callable[[], bool] = None) -> str:
+        """Boot the instance until *until* holds (default: cloud-init finished its first boot),
+        power it off; return the console."""
         info = {
             'uuid': UUID, 'name': 'instance-00000001', 'display_name': 'test',
             'hostname': 'test', 'host': 'gpu-host-1',
@@ -173,16 +175,15 @@ class GuestTestCase(testtools.TestCase):
                                     start_new_session=True)
         self.addCleanup(self._kill, proc)
         deadline = time.monotonic() + 120
-        up = 'init: boot %d: reached multi-user' % boots
-        while not (os.path.exists(self.on_disk(until)) if until else
-                   up in self._read(console)):
+        until = until or (lambda: os.path.exists(self.on_disk(BOOT_FINISHED)))
+        while not until():
             self.assertIsNone(proc.poll(), self._read(console))
             self.assertLess(time.monotonic(), deadline, self._read(console))
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(0, proc.wait(timeout=30))
         text = self._read(console)
-        self.assertIn('init: powered off', text)
+        self.assertIn('guest: powered off', text)
         return text
 
     @staticmethod
@@ -242,12 +243,13 @@ class TestGuestMachine(GuestTestCase):
         self.assertEqual(['demo-data payload'], self.lines('/demo-handled.txt'))
 
     def test_a_reboot_runs_the_enabled_units_and_not_the_scripts_again(self):
-        console = self.boot(REBOOTING_SCRIPT, boots=2)
+        console = self.boot(REBOOTING_SCRIPT, until=lambda: os.path.exists(self.on_disk(
+            '/order.log')) and 'resumed' in self._read(self.on_disk('/order.log')))
         # The reboot stops the script; the unit it enabled runs at the next boot, when the
         # simulated kernel has loaded nouveau again (no blacklist was written), and cloud-init
         # does not run the instance's scripts a second time.
         self.assertEqual(['first-boot', 'resumed 1'], self.lines('/order.log'))
-        self.assertIn('init: boot 2: starting cloud-init', console)
+        self.assertEqual(1, console.count('guest: the guest rebooted'), console)
         self.assertEqual(1, len(self.lines('/lspci.txt')))
         self.assertIn('10de:15f8', self.lines('/lspci.txt')[0])
 
@@ -310,11 +312,12 @@ class TestTenantUserData(testscenarios.WithScenarios, GuestTestCase):
     def test_boot_script_and_tenant_part_both_apply(self):
         user_data = heat_user_data(self.tenant, mirror_url=self.mirror_url,
                                    fingerprint=mirror.key_fingerprint(self.mirror_dir))
-        console = self.boot(user_data,
-                            until='/var/lib/heat-gpu/final_status')
+        log = self.on_disk('/var/log/heat-gpu-bootstrap.log')
+        console = self.boot(user_data, until=lambda: os.path.exists(log) and (
+            'heat-gpu: done:' in self._read(log) or 'heat-gpu: FAILED' in self._read(log)))
         self.assertTrue(os.path.isfile(self.on_disk(userdata.SETTINGS_PATH)), console)
         log = self.lines('/var/log/heat-gpu-bootstrap.log')
-        self.assertIn('1 GPU(s) ready', log[-1], '\n'.join(log[-20:]))
+        self.assertIn('done: 1 GPU(s) ready', log[-1], '\n'.join(log[-20:]))
         for path, content in self.files.items():
             self.assertEqual(content, self.lines(path), path)
 

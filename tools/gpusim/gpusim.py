@@ -338,13 +338,17 @@ DEBIAN_STUBS = ('apt-get', 'apt', 'dpkg', 'dpkg-query', 'dpkg-deb', 'update-init
 GPG_STUB = 'gpg'
 RHEL_STUBS = ('rpm', 'yum', 'yum-config-manager', 'dracut')
 RHEL8_STUBS = ('dnf',)
-#: A real Debian-family userland (``real_userland``) keeps of the stubs only what stands for the
-#: silicon, the kernel and its modules, the hypervisor's power actions and the service manager: its
-#: own apt-get, dpkg, gpg and curl install from the local cloud's package mirror
-#: (tools/localcloud/mirror.py), whose driver packages ship ``nvidia-smi`` (``driver_files``) and
-#: whose maintainer scripts tell the simulator what they installed (``gpusim-pkg-hook``).
-REAL_DEBIAN_STUBS = ('lspci', 'uname', 'modprobe', 'lsmod', 'rmmod', 'dkms', 'update-initramfs',
-                     'reboot', 'shutdown', 'systemctl', 'logger')
+#: A real userland (``real_userland``: the local cloud's guests, which boot their own systemd)
+#: keeps of the stubs only what stands for the silicon, the kernel and its modules: its own
+#: systemd reboots and runs the services, and in a Debian-family image its own apt-get, dpkg, gpg
+#: and curl install from the local cloud's package mirror (tools/localcloud/mirror.py), whose
+#: driver packages ship ``nvidia-smi`` (``driver_files``) and whose maintainer scripts tell the
+#: simulator what they installed (``gpusim-pkg-hook``).
+REAL_STUBS = ('lspci', 'uname', 'modprobe', 'lsmod', 'rmmod', 'dkms')
+REAL_DEBIAN_STUBS = REAL_STUBS + ('update-initramfs',)
+#: A RHEL-family image on the Debian root: its package manager stays simulated (RHEL roots cannot
+#: be fetched here), and with it what its packages would install.
+REAL_RHEL_STUBS = REAL_STUBS + ('nvidia-smi', 'nvcc', 'curl', 'wget', 'gpusim-runfile') + RHEL_STUBS
 
 
 #: The PATH of a real guest userland (a Debian root the local cloud boots), after the stubs.
@@ -431,6 +435,8 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
         names = list(REAL_DEBIAN_STUBS)
         if prebaked:
             names.append('nvidia-smi')  # baked into the image, not installed by a package
+    elif real_userland:
+        names = list(REAL_RHEL_STUBS) + (list(RHEL8_STUBS) if version != '7' else [])
     else:
         names = list(STUBS)
         names += DEBIAN_STUBS if family == 'debian' else RHEL_STUBS
@@ -916,21 +922,33 @@ class Stub:
                 print('%s 3D controller: NVIDIA Corporation %s (rev a1)' % (addr, d['name']))
         return 0
 
+    def nodename(self) -> str:
+        # A real guest has its own hostname (its UTS namespace); a sandbox shares the host's.
+        return os.uname().nodename if self.root == '/' else 'gpusim-guest'
+
     def cmd_uname(self) -> int:
-        a = self.args or ['-s']
-        out = []
-        for opt in a:
-            if opt == '-r':
-                out.append(self.st['kernel'])
-            elif opt in ('-m', '-p', '-i'):
-                out.append('x86_64')
-            elif opt == '-s':
-                out.append('Linux')
-            elif opt == '-n':
-                out.append('gpusim-guest')
-            elif opt == '-a':
-                out.append('Linux gpusim-guest %s #1 SMP x86_64 GNU/Linux' % self.st['kernel'])
-        print(' '.join(out))
+        """uname with the simulated kernel; short options may be combined (``-snrvm``)."""
+        fields = {'s': 'Linux', 'n': self.nodename(), 'r': self.st['kernel'],
+                  'v': '#1 SMP', 'm': 'x86_64', 'p': 'x86_64', 'i': 'x86_64', 'o': 'GNU/Linux'}
+        long_names = {'--kernel-name': 's', '--nodename': 'n', '--kernel-release': 'r',
+                      '--kernel-version': 'v', '--machine': 'm', '--processor': 'p',
+                      '--hardware-platform': 'i', '--operating-system': 'o', '--all': 'a'}
+        wanted = ''
+        for opt in self.args:
+            if opt in long_names:
+                wanted += long_names[opt]
+            elif opt.startswith('-') and not opt.startswith('--'):
+                wanted += opt[1:]
+            else:
+                self.err("uname: extra operand '%s'" % opt)
+                return 1
+        if 'a' in wanted:
+            wanted = 'snrvmo'
+        bad = [c for c in wanted if c not in fields]
+        if bad:
+            self.err("uname: invalid option -- '%s'" % bad[0])
+            return 1
+        print(' '.join(fields[c] for c in 'snrvmpio' if c in (wanted or 's')))
         return 0
 
     def cmd_lsmod(self) -> int:

@@ -127,6 +127,7 @@ LAYOUT_ENV = 'HEAT_GPU_CLOUD_LAYOUT'
 PORT_OFFSET_ENV = 'HEAT_GPU_CLOUD_PORT_OFFSET'
 
 IMAGES = (
+    {'name': 'debian-12-gpu', 'os_distro': 'debian', 'os_version': '12'},
     {'name': 'ubuntu-22.04-gpu', 'os_distro': 'ubuntu', 'os_version': '22.04'},
     {'name': 'rocky-9-gpu', 'os_distro': 'rocky', 'os_version': '9'},
     {'name': 'ubuntu-22.04-cuda-prebaked', 'os_distro': 'ubuntu', 'os_version': '22.04',
@@ -1083,10 +1084,8 @@ class Cloud:
                 time.sleep(3)
 
     def _setup_images(self) -> None:
-        if self._done('images'):
-            return
+        # Every start: a cloud made before an image was added gets it too.
         self._retry('uploading the images to glance', self._upload_images, logs=['glance'])
-        self._mark('images')
 
     def _upload_images(self) -> None:
         conn = self.connection()

@@ -25,12 +25,17 @@ its own (so nothing stays mounted when it ends) it
   a seed, ``/var/lib/cloud/seed/config_drive``;
 - gives the instance what an image of an air-gapped cloud holds to reach its package mirror
   (``mirror.py``): the mirror's CA and, for Debian-family images, the distribution repository;
-- installs the GPU simulator (``tools/gpusim``) with exactly the PCI devices nova assigned, and the
-  guest's init (``guest_init.py``);
-- starts that init as process 1 of the guest (bubblewrap: own pid, mount, IPC and UTS namespaces,
-  the host's loopback network, as a VM on the cloud's network reaches Keystone and Heat).
+- installs the GPU simulator (``tools/gpusim``) with exactly the PCI devices nova assigned (its
+  commands for the silicon and the kernel are first on the guest's ``PATH``, in
+  ``/usr/local/sbin``);
+- boots the guest's own systemd (``systemd-nspawn --boot``: own pid, mount, IPC and UTS
+  namespaces, the host's network, as a VM on the cloud's network reaches Keystone, Heat and the
+  mirror). systemd starts cloud-init's four units and the units the guest enabled. A reboot in the
+  guest ends the container with status 133; the simulated kernel is then reset (nouveau back
+  unless blacklisted) and the guest boots again from its disk.
 
-Its stdout is the instance's console (``console.log``). SIGTERM stops the guest.
+Its stdout is the instance's console (``console.log``): what systemd, cloud-init and the boot
+script print. SIGTERM powers the guest off (systemd's shutdown), as nova's stop does.
 """
 
 import argparse
@@ -49,14 +54,16 @@ except ImportError:  # run as a script: this directory is sys.path[0]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GPUSIM = os.path.join(os.path.dirname(HERE), 'gpusim', 'gpusim.py')
-INIT = os.path.join(HERE, 'guest_init.py')
 FAULTS_METADATA_KEY = 'heat_gpu_sim_faults'
 NS_MARK = 'HEAT_GPU_GUEST_MOUNT_NS'
 
-#: Where the guest's files of the local cloud go inside the guest (guest_init.py reads them).
-GUEST_LIB = 'usr/lib/heat-gpu-localcloud'
 GUEST_GPUSIM = 'usr/lib/gpusim'
+#: On the default PATH of systemd's services and of cloud-init, before the guest's own commands.
+STUB_DIR = 'usr/local/sbin'
 SEED = 'var/lib/cloud/seed/config_drive'
+#: systemd-nspawn's exit status when the container rebooted.
+REBOOT_STATUS = 133
+MAX_BOOTS = 8
 
 
 def say(message: str) -> None:
@@ -82,7 +89,7 @@ def _devices(info: dict) -> list[dict]:
 
 
 def boot_settings(info: dict) -> dict:
-    """What guest_init.py gives the simulator: the image's distribution, the devices, faults."""
+    """What the simulator is told: the image's distribution, the devices, the faults."""
     image = info.get('image') or {}
     faults = [f.strip() for f in
               (info.get('metadata') or {}).get(FAULTS_METADATA_KEY, '').split(',') if f.strip()]
@@ -106,7 +113,6 @@ class Machine:
         self.disk = disk_dir(self.dir)
         self.mnt = os.path.join(self.dir, 'root')
         self.proc: subprocess.Popen | None = None
-        self.init_pid: int | None = None
         self.stopping = False
 
     def path(self, guest_path: str) -> str:
@@ -121,12 +127,9 @@ class Machine:
                         self.mnt], check=True)
 
     def install(self) -> dict:
+        """Put seed, mirror files and simulator in place; at the first boot, set the guest up."""
         boot = boot_settings(self.info)
-        lib = self.path(GUEST_LIB)
-        os.makedirs(lib, exist_ok=True)
-        shutil.copyfile(INIT, os.path.join(lib, 'init.py'))
-        with open(os.path.join(lib, 'boot.json'), 'w', encoding='utf-8') as f:
-            json.dump(boot, f, indent=1, sort_keys=True)
+        first = not os.path.exists(self.path('.gpusim/state.json'))
         if self.mirror_dir:
             files = mirror.guest_files(self.mirror_dir, url=self.mirror_url,
                                        distro=boot['distro'], version=boot['version'])
@@ -137,6 +140,8 @@ class Machine:
         sim = self.path(GUEST_GPUSIM)
         os.makedirs(sim, exist_ok=True)
         shutil.copyfile(GPUSIM, os.path.join(sim, 'gpusim.py'))
+        if first:
+            self._first_boot_setup(boot)
         seed = self.path(SEED)
         if os.path.isdir(seed):
             shutil.rmtree(seed)
@@ -146,36 +151,54 @@ class Machine:
             os.chmod(seed, 0o700)
         return boot
 
-    def start(self) -> int:
+    def _in_guest(self, argv: list[str]) -> None:
+        """Run a command in the guest's root before it boots (as an image build would)."""
+        subprocess.run(['chroot', self.mnt] + argv, check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL,
+                       env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C.UTF-8'})
+
+    def _first_boot_setup(self, boot: dict) -> None:
+        # The mirror's CA, as the image of an air-gapped cloud trusts it.
+        self._in_guest(['update-ca-certificates'])
+        devices = self.path(GUEST_GPUSIM + '/devices.json')
+        with open(devices, 'w', encoding='utf-8') as f:
+            json.dump(boot['devices'], f)
+        argv = ['python3', '/%s/gpusim.py' % GUEST_GPUSIM, 'make-guest', '/', '--distro',
+                boot['distro'], '--version', boot['version'], '--devices',
+                '/%s/devices.json' % GUEST_GPUSIM, '--real-userland']
+        argv += ['--prebaked'] if boot['prebaked'] else []
+        for fault in boot['faults']:
+            argv += ['--fault', fault]
+        self._in_guest(argv)
+        stubs = self.path('.gpusim/bin')
+        os.makedirs(self.path(STUB_DIR), exist_ok=True)
+        for name in sorted(os.listdir(stubs)):
+            link = self.path('%s/%s' % (STUB_DIR, name))
+            if not os.path.lexists(link):
+                os.symlink('/.gpusim/bin/' + name, link)
+
+    def boot(self) -> int:
+        """Boot the guest's systemd; return systemd-nspawn's exit status."""
         hostname = (self.info.get('hostname') or self.info['uuid'])[:63]
-        info_r, info_w = os.pipe()
-        argv = ['bwrap', '--bind', self.mnt, '/', '--dev', '/dev', '--proc', '/proc',
-                '--tmpfs', '/run', '--unshare-pid', '--unshare-ipc', '--unshare-uts',
-                '--hostname', hostname, '--die-with-parent', '--as-pid-1', '--chdir', '/',
-                '--clearenv', '--setenv', 'PATH', '/usr/sbin:/usr/bin:/sbin:/bin',
-                '--info-fd', str(info_w),
-                '--', '/usr/bin/python3', '/%s/init.py' % GUEST_LIB]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(info_w,))
-        os.close(info_w)
-        with os.fdopen(info_r, encoding='utf-8') as f:
-            text = f.read()
-        try:
-            # The init's pid as this side sees it: SIGTERM goes to it, so it stops the guest.
-            self.init_pid = int(json.loads(text)['child-pid'])
-        except (ValueError, KeyError, TypeError):
-            self.init_pid = None
+        argv = ['systemd-nspawn', '--boot', '--quiet', '--directory', self.mnt,
+                '--machine', 'i-' + self.info['uuid'].replace('-', '')[:12],
+                '--hostname', hostname, '--register=no', '--keep-unit',
+                '--console=read-only', '--link-journal=no', '--resolv-conf=off',
+                '--timezone=off']
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         if self.stopping:
             self.stop()
         return self.proc.wait()
 
+    def reboot(self) -> None:
+        """The simulated kernel after a reboot: modules unloaded, nouveau back unless blacklisted."""
+        sys.path.insert(0, os.path.dirname(GPUSIM))
+        import gpusim
+        gpusim.reboot(self.mnt)
+
     def stop(self) -> None:
+        """Power off: systemd-nspawn asks the guest's systemd for an orderly shutdown."""
         self.stopping = True
-        if self.init_pid is not None:
-            try:
-                os.kill(self.init_pid, signal.SIGTERM)
-                return
-            except ProcessLookupError:
-                pass
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
@@ -205,8 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         ', '.join('%s %s:%s' % (d['pci_address'], d['vendor_id'], d['product_id'])
                   for d in devices) or 'none'))
     signal.signal(signal.SIGTERM, lambda signum, frame: machine.stop())
-    rc = machine.start()
-    say('the guest ended (init exit status %d)' % rc)
+    for number in range(1, MAX_BOOTS + 1):
+        say('boot %d' % number)
+        rc = machine.boot()
+        if rc != REBOOT_STATUS or machine.stopping:
+            break
+        say('the guest rebooted')
+        machine.reboot()
+    else:
+        say('the guest rebooted %d times; it stays off' % MAX_BOOTS)
+    say('powered off (systemd-nspawn exit status %d)' % rc)
     return 0
 
 

@@ -35,8 +35,8 @@ import sys
 import time
 
 #: Debian's packages in the root: cloud-init and what the boot script expects of a GPU image.
-PACKAGES = ('cloud-init', 'python3', 'ca-certificates', 'curl', 'gnupg', 'pciutils', 'kmod',
-            'dkms', 'gcc', 'make', 'procps', 'iproute2', 'sudo')
+PACKAGES = ('systemd', 'systemd-sysv', 'dbus', 'cloud-init', 'python3', 'ca-certificates', 'curl',
+            'gnupg', 'pciutils', 'kmod', 'dkms', 'gcc', 'make', 'procps', 'iproute2', 'sudo')
 
 #: cloud-init's settings of the image (a file in cloud.cfg.d, as image builders add one): the
 #: datasources nova's config drive and the NoCloud seed are read by, and the modules that need a

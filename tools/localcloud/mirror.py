@@ -84,7 +84,10 @@ FAULTS = {
                          'refuses',
     'package-install-fails': 'every .deb but cuda-keyring answers 503 Service Unavailable',
     'repo-no-gpgcheck': 'the RHEL repository files turn signature checks off',
+    'tampered': 'every file comes with bytes appended, as through a broken proxy',
 }
+#: What the ``tampered`` fault appends to every file.
+TAMPERED_TAIL = b'# truncated by a broken proxy\n'
 
 #: Where the files an instance needs (``guest_files``) go in the guest.
 GUEST_CA = 'usr/local/share/ca-certificates/heat-gpu-localcloud-mirror.crt'
@@ -690,6 +693,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     return self._reply(304, b'', tag=tag, body=False, mtime=stat.st_mtime)
         with open(found, 'rb') as f:
             data = f.read()
+        if fault == 'tampered':
+            data += TAMPERED_TAIL
         self._reply(200, data, tag=tag, body=body, mtime=stat.st_mtime,
                     ctype='application/vnd.debian.binary-package' if found.endswith('.deb')
                     else 'application/octet-stream')

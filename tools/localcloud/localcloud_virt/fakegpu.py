@@ -33,6 +33,7 @@ with the real cloud-init) detached, in its own process group; ``destroy`` kills 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -276,6 +277,11 @@ class FakeGpuDriver(fake.FakeDriver):
         if info is not None:
             info['destroyed'] = True
             self._write_info(info)
+        if destroy_disks:
+            # The instance's disk goes with it, as a hypervisor deletes it (console and
+            # metadata stay for a look afterwards).
+            shutil.rmtree(os.path.join(guest_dir, 'disk'), ignore_errors=True)
+            shutil.rmtree(os.path.join(guest_dir, '.overlay-work'), ignore_errors=True)
         super().destroy(context, instance, network_info, block_device_info=block_device_info,
                         destroy_disks=destroy_disks, destroy_secrets=destroy_secrets)
 
