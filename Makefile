@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap demo test lint unit functional bench cloud-start cloud-stop cloud-clean sample-config clean
+.PHONY: bootstrap demo test lint unit matrix functional bench cloud-start cloud-stop cloud-clean sample-config clean
 
 bootstrap:
 	@tools/bootstrap.sh
@@ -21,6 +21,10 @@ lint: bootstrap
 
 unit: bootstrap
 	@$(VENV)/bin/stestr --test-path tests/unit run
+
+## make matrix: the plugin and the unit suite on every other supported heat release (a venv each).
+matrix: bootstrap
+	@$(PY) -m tools.release_matrix
 
 functional: bootstrap
 	@$(VENV)/bin/stestr --test-path tests/functional run --concurrency 1
@@ -41,4 +45,4 @@ sample-config: bootstrap
 	@$(VENV)/bin/oslo-config-generator --namespace heat_gpu --output-file etc/heat-gpu.conf.sample
 
 clean:
-	rm -rf $(VENV) .stestr build dist *.egg-info
+	rm -rf $(VENV) .venv-20[0-9][0-9].[0-9] .stestr build dist *.egg-info

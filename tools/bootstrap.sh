@@ -47,7 +47,8 @@ HORIZON_VENV="${HORIZON_VENV:-$top/.venv-horizon}" PYTHON="$PYTHON" "$top/tools/
 
 stamp="$VENV/.heat-gpu-stamp"
 want=$(cat "$top/constraints.txt" "$top/requirements.txt" "$top/test-requirements.txt" \
-    "$top/cloud-requirements.txt" "$top/setup.cfg" | sha256sum | cut -d' ' -f1)
+    "$top/unit-requirements.txt" "$top/cuda-requirements.txt" "$top/cloud-requirements.txt" \
+    "$top/setup.cfg" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi

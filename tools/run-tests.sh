@@ -1,15 +1,16 @@
 #!/bin/bash
 # The whole suite, as `make test` and CI run it: static checks, unit tests (sample programs compiled
-# for real with nvcc among them), then the end-to-end tests on the local cloud, which this script
-# starts and stops itself. Every phase runs even when an earlier one failed; the exit code and the
-# closing line count them all.
+# for real with nvcc among them), the release matrix (the plugin and the unit suite on every other
+# supported heat release, tools/release_matrix.py), then the end-to-end tests on the local cloud,
+# which this script starts and stops itself. Every phase runs even when an earlier one failed; the
+# exit code and the closing line count them all.
 set -eu -o pipefail
 [ -n "${HEAT_GPU_TRACE:-}" ] && set -x
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 : "${VENV:=$top/.venv}"
 export PATH="$VENV/bin:$PATH"
-: "${HEAT_GPU_TEST_PHASES:=lint unit functional}"
+: "${HEAT_GPU_TEST_PHASES:=lint unit matrix functional}"
 : "${HEAT_GPU_TEST_CONCURRENCY:=2}"
 
 passed=0
@@ -55,6 +56,21 @@ run_unit() {
     return "$rc"
 }
 
+run_matrix() {
+    local rc=0 counts p f s
+    counts=$(mktemp)
+    python -m tools.release_matrix --counts "$counts" --failures "$failed_tests" || rc=$?
+    if read -r p f s <"$counts"; then
+        passed=$((passed + p))
+        failed=$((failed + f))
+        skipped=$((skipped + s))
+    else
+        failed=$((failed + 1))
+    fi
+    rm -f "$counts"
+    return "$rc"
+}
+
 run_functional() {
     local rc=0
     python tools/localcloud/cloud.py start || { failed=$((failed + 1)); return 1; }
@@ -70,8 +86,9 @@ for p in $HEAT_GPU_TEST_PHASES; do
     case "$p" in
         lint) phase lint tools/lint.sh || true ;;
         unit) phase unit run_unit || true ;;
+        matrix) phase matrix run_matrix || true ;;
         functional) phase functional run_functional || true ;;
-        *) echo "unknown test phase: $p (known: lint unit functional)" >&2; exit 2 ;;
+        *) echo "unknown test phase: $p (known: lint unit matrix functional)" >&2; exit 2 ;;
     esac
 done
 

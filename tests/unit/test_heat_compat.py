@@ -14,9 +14,14 @@
 # heat.tests.common must be imported before anything imports heat.engine.stack.
 from heat.tests import common  # isort: skip
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 from heat.engine.hot import functions
+import testtools
 
 from heat_gpu import heat_compat
 from heat_gpu.resources import gpu_flavor  # noqa: F401 (installs the lock on import)
@@ -29,6 +34,34 @@ EXPRESSIONS = (
     'int($.data.count) * int($.data.per_gpu)',
     '$.data.models.len() * $.data.counts.len()',
 )
+
+
+#: heat-engine 22 and 24 as they run: eventlet.monkey_patch() first, then green threads. Prints
+#: the errors of parsing EXPRESSIONS from four green threads, with or without the plugin's lock.
+GREEN_PARSES = r"""
+import eventlet
+eventlet.monkey_patch()
+import json, sys
+from heat.engine.hot import functions
+from heat_gpu import heat_compat
+if sys.argv[1] == 'locked':
+    heat_compat.serialize_yaql_parsing()
+expressions = json.loads(sys.argv[2])
+yaql = functions.Yaql(None, 'yaql', {'expression': expressions[0], 'data': {}})
+errors = []
+def work(offset):
+    for n in range(300):
+        try:
+            yaql._parse(expressions[(n + offset) % len(expressions)])
+        except Exception as ex:
+            errors.append(repr(ex))
+pool = eventlet.GreenPool()
+for i in range(4):
+    pool.spawn(work, i)
+pool.waitall()
+print(json.dumps(errors))
+"""
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_in_threads(parse, *, threads: int = 4, rounds: int = 300) -> list:
@@ -75,3 +108,19 @@ class SerializeYaqlParsingTest(common.HeatTestCase):
         yaql = self._yaql()
         ex = self.assertRaises(ValueError, yaql._parse, 'int($.data.count) *')
         self.assertIn('Bad expression', str(ex))
+
+
+class GreenThreadsTest(testtools.TestCase):
+    """What heat_compat says of heat 22 and 24, whose engine runs in eventlet's green threads."""
+
+    def green_parse_errors(self, mode: str) -> list:
+        proc = subprocess.run([sys.executable, '-c', GREEN_PARSES, mode, json.dumps(EXPRESSIONS)],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def test_green_threads_never_interleave_a_parse(self):
+        self.assertEqual([], self.green_parse_errors('unlocked'))
+
+    def test_the_lock_under_eventlet_neither_blocks_nor_fails(self):
+        self.assertEqual([], self.green_parse_errors('locked'))
