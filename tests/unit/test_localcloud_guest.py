@@ -11,7 +11,7 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The local cloud's instances boot a real Debian userland, and the real cloud-init runs their user data.
+"""Local-cloud instances boot a real Debian userland; the real cloud-init runs their user data.
 
 Each test boots ``tools/localcloud/guest.py`` on a temporary instance directory (a config drive as
 nova writes it, the PCI devices nova assigned) over the guest root (``guestroot.py``, built once
@@ -147,8 +147,10 @@ class GuestTestCase(testtools.TestCase):
     def boot(self, user_data: str, *, distro: str = 'debian', version: str = '12',
              devices: typing.Optional[list] = None,
              until: typing.Callable[[], bool] = None) -> str:
-        """Boot the instance until *until* holds (default: cloud-init finished its first boot),
-        power it off; return the console."""
+        """Boot the instance until *until* holds, power it off; return the console.
+
+        *until* defaults to: cloud-init finished its first boot.
+        """
         info = {
             'uuid': UUID, 'name': 'instance-00000001', 'display_name': 'test',
             'hostname': 'test', 'host': 'gpu-host-1',
@@ -265,6 +267,64 @@ class TestGuestMachine(GuestTestCase):
         self.assertEqual({'10de:20b5'}, {line.split()[2] for line in seen})
         self.assertEqual(['test'], self.lines('/hostname.txt'))
         self.assertIn('ID=ubuntu', self.lines('/etc/os-release'))
+
+
+class TestBootstrapOnTheMirror(GuestTestCase):
+    """The boot script installs with the guest's own apt, dpkg, gpg and curl from the mirror."""
+
+    def install(self, *, mirror_path: str = '', distro: str = 'debian',
+                version: str = '12') -> str:
+        user_data = heat_user_data(None, mirror_url=self.mirror_url + mirror_path,
+                                   fingerprint=mirror.key_fingerprint(self.mirror_dir))
+        log = self.on_disk('/var/log/heat-gpu-bootstrap.log')
+        self.boot(user_data, distro=distro, version=version,
+                  until=lambda: os.path.exists(log) and (
+                      'heat-gpu: done:' in self._read(log) or
+                      'heat-gpu: FAILED' in self._read(log)))
+        return self._read(log)
+
+    def simulated(self) -> set:
+        """The commands the simulator answered (its stubs record every call)."""
+        with open(self.on_disk('/.gpusim/commands.jsonl'), encoding='utf-8') as f:
+            return {json.loads(line)['cmd'] for line in f if line.strip()}
+
+    def test_driver_and_cuda_from_the_mirror(self):
+        log = self.install()
+        self.assertIn('done: 1 GPU(s) ready: 1 Tesla P100-PCIE-16GB, driver 575.64.05, '
+                      'CUDA 12.9 (packages)', log)
+        self.assertIn('keyring of %s verified: key(s) %s trusted' % (
+            mirror.KEYRING_DEB, mirror.key_fingerprint(self.mirror_dir)), log)
+        self.assertIn('Setting up linux-headers-6.1.0-26-amd64', log)
+        self.assertIn('Setting up nvidia-driver-575', log)
+        # The guest's own package tools and systemd did the work; the simulator only the
+        # silicon and the kernel, told by the packages' maintainer scripts.
+        simulated = self.simulated()
+        self.assertFalse(simulated & {'apt-get', 'apt', 'dpkg', 'dpkg-deb', 'dpkg-query', 'gpg',
+                                      'curl', 'wget', 'systemctl', 'reboot'}, simulated)
+        self.assertIn('gpusim-pkg-hook', simulated)
+
+    def test_an_untrusted_keyring_is_refused_naming_the_key(self):
+        log = self.install(mirror_path='/faults/keyring-untrusted')
+        reason = self.lines('/var/lib/heat-gpu/failure_reason')[0]
+        self.assertIn('untrusted repository key in %s' % mirror.KEYRING_DEB, reason)
+        self.assertIn(mirror.fault_key_fingerprint(self.mirror_dir), reason)
+        self.assertIn('expected only %s' % mirror.key_fingerprint(self.mirror_dir), reason)
+        self.assertNotIn('Setting up nvidia-driver', log)
+
+    def test_a_repository_signed_by_another_key_is_refused_by_apt(self):
+        self.install(mirror_path='/faults/bad-signature')
+        log = '\n'.join(self.lines('/var/log/heat-gpu-bootstrap.log'))
+        self.assertIn('apt-get update failed after adding NVIDIA\'s repository debian12', log)
+        self.assertIn('NO_PUBKEY', log)
+
+    def test_a_rhel_image_reads_the_served_repository_file(self):
+        # RHEL packages cannot be had here: dnf stays simulated, the repository file is real.
+        log = self.install(mirror_path='/tag/rhel-test', distro='rocky', version='9')
+        self.assertIn('repository file cuda-rhel9.repo verified', log)
+        self.assertIn('done: 1 GPU(s) ready', log)
+        repo_file = self._read(self.on_disk('/etc/yum.repos.d/cuda-rhel9.repo'))
+        self.assertIn('baseurl=%s/tag/rhel-test/compute/cuda/repos/rhel9/x86_64'
+                      % self.mirror_url, repo_file)
 
 
 TENANT_WRITE_FILES = textwrap.dedent('''\

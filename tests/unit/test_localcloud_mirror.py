@@ -14,8 +14,9 @@
 """The local cloud's package mirror, used by the real apt, dpkg, gpg and curl of the guest root.
 
 Every guest is a throwaway copy-on-write layer over the local cloud's guest root (Debian 12, built
-by ``tools/localcloud/guestroot.py``), entered with bubblewrap as the local cloud's instances are,
-with the GPU simulator installed as ``make_guest('/', real_userland=True)`` installs it.
+by ``tools/localcloud/guestroot.py``) whose commands run under bubblewrap (no boot: the booted
+machine and the boot script on it are tests/unit/test_localcloud_guest.py's), with the GPU simulator
+installed as ``make_guest('/', real_userland=True)`` installs it.
 """
 
 import json
@@ -37,7 +38,6 @@ from tools.localcloud import mirror
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIRROR = os.path.join(REPO, 'tools', 'localcloud', 'mirror.py')
 GUEST_GPUSIM = '/usr/lib/gpusim/gpusim.py'
-GUEST_BOOTSTRAP = '/root/bootstrap.sh'
 NVIDIA_LIST = '/etc/apt/sources.list.d/cuda-debian12-x86_64.list'
 
 #: What the boot script's add_repo does, by hand: cuda-keyring from BASE, apt pointed at BASE.
@@ -47,20 +47,6 @@ dpkg -i /tmp/cuda-keyring.deb
 sed -i "s#https://developer.download.nvidia.com#$BASE#" %s
 apt-get update -q
 ''' % (mirror.KEYRING_DEB, NVIDIA_LIST)
-
-#: The boot script, rebooted by the simulator as the local cloud's init does.
-BOOT = '''\
-import json, subprocess, sys
-sys.path.insert(0, '/usr/lib/gpusim')
-import gpusim
-runs = [subprocess.run(['bash', '%s']).returncode]
-for _ in range(3):
-    if not gpusim.reboot_pending('/'):
-        break
-    gpusim.reboot('/')
-    runs += [subprocess.run(argv).returncode for argv in gpusim.boot_commands('/')]
-print(json.dumps(runs))
-''' % GUEST_BOOTSTRAP
 
 
 def _missing() -> str | None:
@@ -189,8 +175,6 @@ class TestInTheGuestRoot(testtools.TestCase):
             base.write(path, data)
         with open(gpusim.__file__, 'rb') as f:
             base.write(GUEST_GPUSIM, f.read())
-        with open(sandbox.SCRIPT, 'rb') as f:
-            base.write(GUEST_BOOTSTRAP, f.read(), 0o755)
         r = base.run('update-ca-certificates')
         assert r.returncode == 0, r.stdout + r.stderr
         cls.layers = [base.upper, guestroot.root_path()]
@@ -217,15 +201,6 @@ class TestInTheGuestRoot(testtools.TestCase):
     def access_log(self) -> list[dict]:
         with open(mirror.access_log_path(self.mirror_dir), encoding='utf-8') as f:
             return [json.loads(line) for line in f]
-
-    def boot(self, g: Overlay, **settings) -> list[int]:
-        """bootstrap.sh with *settings* (heat_gpu.userdata's for a P100), to its end."""
-        g.write('/etc/heat-gpu/bootstrap.json', json.dumps(sandbox.base_settings(
-            keyring_fingerprints=[mirror.key_fingerprint(self.mirror_dir)],
-            **settings)).encode(), 0o600)
-        r = g.run('python3 -c "$BOOT"', env={'BOOT': BOOT}, timeout=240)
-        self.assertEqual(0, r.returncode, r.stderr)
-        return json.loads(r.stdout.splitlines()[-1])
 
     def test_apt_installs_the_driver_and_the_toolkit_and_purges_them(self) -> None:
         g = self.guest()
@@ -298,47 +273,3 @@ class TestInTheGuestRoot(testtools.TestCase):
         self.assertEqual(100, r.returncode, r.stdout + r.stderr)
         self.assertIn('503  Service Unavailable', r.stderr)
         self.assertIsNone(gpusim.state(g.upper)['driver'])
-
-    def test_bootstrap_installs_driver_and_cuda(self) -> None:
-        g = self.guest()
-        runs = self.boot(g, mirror_url=self.url)
-        log = g.read('/var/log/heat-gpu-bootstrap.log')
-        self.assertEqual('SUCCESS', g.read('/var/lib/heat-gpu/final_status').strip(), log)
-        self.assertEqual([0, 0], runs, log)  # the first boot, and the resume after the reboot
-        st = gpusim.state(g.upper)
-        self.assertEqual(('nvidia-driver-575', 'proprietary'),
-                         (st['driver']['package'], st['driver']['flavour']))
-        self.assertEqual(gpusim.DRIVER_VERSIONS['575'],
-                         g.read('/var/lib/heat-gpu/driver_version').strip())
-        self.assertEqual('12.9', g.read('/var/lib/heat-gpu/cuda_version').strip())
-        self.assertIn('keyring of %s verified: key(s) %s trusted' % (
-            mirror.KEYRING_DEB, mirror.key_fingerprint(self.mirror_dir)), log)
-        self.assertIn('Setting up linux-headers-%s' % st['kernel'], log)
-        self.assertIn('1 GPU(s) ready: 1 Tesla P100-PCIE-16GB', log)
-        # The guest's own package tools did the work; the simulator only what it stands for.
-        simulated = {c['cmd'] for c in gpusim.commands(g.upper)}
-        self.assertFalse(simulated & {'apt-get', 'apt', 'dpkg', 'dpkg-deb', 'dpkg-query', 'gpg',
-                                      'curl', 'wget'}, simulated)
-        self.assertIn('gpusim-pkg-hook', simulated)
-
-    def test_bootstrap_refuses_an_untrusted_keyring(self) -> None:
-        g = self.guest()
-        self.boot(g, mirror_url=self.url + '/faults/keyring-untrusted')
-        reason = g.read('/var/lib/heat-gpu/failure_reason')
-        self.assertIn('untrusted repository key in %s' % mirror.KEYRING_DEB, reason)
-        self.assertIn(mirror.fault_key_fingerprint(self.mirror_dir), reason)
-        self.assertIn('expected only %s' % mirror.key_fingerprint(self.mirror_dir), reason)
-        self.assertIsNone(gpusim.state(g.upper)['driver'])
-
-    def test_bootstrap_on_a_rhel_image_reads_the_repository_file(self) -> None:
-        # RHEL packages cannot be had here: dnf stays simulated, the repository file is served.
-        g = self.guest('rocky', '9')
-        self.boot(g, mirror_url=self.url + '/tag/rhel-test')
-        log = g.read('/var/log/heat-gpu-bootstrap.log')
-        self.assertEqual('SUCCESS', g.read('/var/lib/heat-gpu/final_status').strip(), log)
-        self.assertIn('repository file cuda-rhel9.repo verified', log)
-        self.assertIn('baseurl=%s/tag/rhel-test/compute/cuda/repos/rhel9/x86_64' % self.url,
-                      g.read('/etc/yum.repos.d/cuda-rhel9.repo'))
-        fetched = [e['path'] for e in self.access_log() if e['tag'] == 'rhel-test']
-        self.assertEqual(['/tag/rhel-test/compute/cuda/repos/rhel9/x86_64/cuda-rhel9.repo'],
-                         fetched)

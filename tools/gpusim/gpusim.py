@@ -788,8 +788,9 @@ def driver_files(*, launcher: str) -> dict[str, tuple[bytes | None, int]]:
     return {'usr/bin/nvidia-smi': (smi.encode(), 0o755)}
 
 
-def _install_toolkit(root: str, st: dict[str, Any], version: str) -> None:
-    for name, (data, mode) in toolkit_files(version, launcher=_launcher(_sim(root))).items():
+def write_tree(root: str, files: dict[str, tuple[bytes | None, int]]) -> None:
+    """Write *files* (``toolkit_files``, ``driver_files``) under *root*."""
+    for name, (data, mode) in sorted(files.items()):
         path = os.path.join(root, name)
         if data is None:
             os.makedirs(path, exist_ok=True)
@@ -798,6 +799,10 @@ def _install_toolkit(root: str, st: dict[str, Any], version: str) -> None:
         with open(path, 'wb') as f:
             f.write(data)
         os.chmod(path, mode)
+
+
+def _install_toolkit(root: str, st: dict[str, Any], version: str) -> None:
+    write_tree(root, toolkit_files(version, launcher=_launcher(_sim(root))))
     link = os.path.join(root, 'usr', 'local', 'cuda')
     if os.path.islink(link):
         os.remove(link)

@@ -184,9 +184,9 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def _http_up(url: str) -> bool:
+def _http_up(url: str, *, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
+        with urllib.request.urlopen(url, timeout=3, context=context) as resp:
             resp.read(1)
         return True
     except urllib.error.HTTPError:
@@ -901,15 +901,7 @@ class Cloud:
 
     def _mirror_up(self) -> bool:
         context = ssl.create_default_context(cafile=mirror.ca_cert_path(self.mirror_dir))
-        try:
-            with urllib.request.urlopen(self.url('mirror') + '/', timeout=3,
-                                        context=context) as resp:
-                resp.read(1)
-            return True
-        except urllib.error.HTTPError:
-            return True
-        except (urllib.error.URLError, OSError):
-            return False
+        return _http_up(self.url('mirror') + '/', context=context)
 
     def _start_nullnet(self) -> None:
         self._gunicorn('nullnet', 'nullnet:application', argv0='nullnet', config_env={},

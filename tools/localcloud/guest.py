@@ -48,9 +48,11 @@ import sys
 import time
 
 try:
+    from tools.gpusim import gpusim
     from tools.localcloud import mirror
 except ImportError:  # run as a script: this directory is sys.path[0]
     import mirror
+    from mirror import gpusim
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GPUSIM = os.path.join(os.path.dirname(HERE), 'gpusim', 'gpusim.py')
@@ -81,8 +83,7 @@ def _truthy(value) -> bool:
 
 
 def _devices(info: dict) -> list[dict]:
-    sys.path.insert(0, os.path.dirname(GPUSIM))
-    import gpusim  # the host's copy knows heat_gpu.catalog: the guest gets the full facts
+    # The host's simulator knows heat_gpu.catalog: the guest gets the full facts.
     return [gpusim._enrich({'pci_address': d['pci_address'], 'vendor_id': d['vendor_id'],
                             'product_id': d['product_id'], 'numa_node': d.get('numa_node')})
             for d in info.get('pci_devices') or []]
@@ -191,9 +192,7 @@ class Machine:
         return self.proc.wait()
 
     def reboot(self) -> None:
-        """The simulated kernel after a reboot: modules unloaded, nouveau back unless blacklisted."""
-        sys.path.insert(0, os.path.dirname(GPUSIM))
-        import gpusim
+        """Reset the simulated kernel: modules unloaded, nouveau back unless blacklisted."""
         gpusim.reboot(self.mnt)
 
     def stop(self) -> None:

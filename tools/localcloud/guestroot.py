@@ -11,11 +11,12 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The root filesystem every local-cloud instance boots: a Debian userland built from Debian's packages.
+"""The root filesystem every local-cloud instance boots: a Debian userland from Debian's packages.
 
 It holds what an operator's GPU image holds (the seed guide's image step: kernel build tools, gcc,
-make, dkms, cloud-init) and nothing of ours: the instance's user data, cloud-init's seed and the GPU
-simulator are added per instance, in its own copy-on-write layer (``guest.py``). The root is built
+make, dkms, cloud-init; and systemd, which boots it) and nothing of ours: the instance's user data,
+cloud-init's seed and the GPU simulator are added per instance, in its own copy-on-write layer
+(``guest.py``). The root is built
 once by ``mmdebstrap`` and kept in a cache outside the checkout (``HEAT_GPU_CACHE_DIR``, default
 ``~/.cache/heat-gpu``) under the hash of its recipe, so a changed recipe builds a new root and an
 unchanged one is reused by every clone and every cloud on the machine.

@@ -420,15 +420,7 @@ def _build_deb(pkg: Package, cache: str) -> str:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         root = os.path.join(tmp, 'root')
         os.makedirs(os.path.join(root, 'DEBIAN'))
-        for path, (data, mode) in sorted(pkg.files.items()):
-            full = os.path.join(root, path)
-            if data is None:
-                os.makedirs(full, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            with open(full, 'wb') as f:
-                f.write(data)
-            os.chmod(full, mode)
+        gpusim.write_tree(root, pkg.files)
         with open(os.path.join(root, 'DEBIAN', 'control'), 'w', encoding='utf-8') as f:
             f.write(_control(pkg))
         for name, text in pkg.scripts.items():
