@@ -14,7 +14,7 @@ py_paths=(heat_gpu tests tools heat_gpu/guest/heat-gpu-agent)
 flake8 "${py_paths[@]}"
 
 echo "lint: yamllint"
-yamllint -s hot environments
+yamllint -s hot environments heat_gpu/templates
 
 echo "lint: shellcheck"
 mapfile -t scripts < <(git ls-files -co --exclude-standard | while read -r f; do

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs JupyterLab in a virtualenv, starts it as a systemd service on the GPU server and reports
 # its URL. Runs as a Heat software deployment (group script): the inputs arrive as environment
-# variables and the outputs are written to ${heat_outputs_path}.<name>.
+# variables and the outputs are written to ${heat_outputs_path}.<name>. hot/gpu_jupyter.yaml carries
+# a copy (tools/inline_scripts.py writes it): run that tool after every change here.
 # Inputs: JUPYTER_PORT (TCP port), JUPYTER_TOKEN (the login token), JUPYTER_USER (the account that
 # runs it; default: the image's first regular user).
 set -eu -o pipefail
@@ -54,7 +55,8 @@ After=network-online.target
 User=$JUPYTER_USER
 WorkingDirectory=$home
 Environment=PATH=/usr/local/cuda/bin:$venv/bin:/usr/bin:/bin
-ExecStart=$venv/bin/jupyter lab --no-browser --ip=0.0.0.0 --port=$JUPYTER_PORT --IdentityProvider.token=$JUPYTER_TOKEN
+ExecStart=$venv/bin/jupyter lab --no-browser --ip=0.0.0.0 --port=$JUPYTER_PORT \
+    --IdentityProvider.token=$JUPYTER_TOKEN
 Restart=on-failure
 
 [Install]

@@ -35,6 +35,8 @@ TEMPLATES = sorted(name for name in os.listdir(os.path.join(base.REPO, 'hot'))
 ENVIRONMENTS = {'plugin': [], 'portable': [test_gpu_stacks.PORTABLE_ENV]}
 # The custom constraints heat-dashboard renders as drop-downs; any other renders an empty one.
 HORIZON_CONSTRAINTS = {'nova.flavor', 'glance.image', 'nova.keypair', 'neutron.network'}
+# The nested templates the plugin registers as types (heat_gpu/templates): nested stacks by design.
+TEMPLATE_TYPES = {'OS::GPU::ClusterNode', 'OS::GPU::FlavorSetMember'}
 
 
 class TestTemplatesValidateLive(base.FunctionalTestCase):
@@ -59,8 +61,8 @@ class TestTemplatesValidateLive(base.FunctionalTestCase):
         gpu_types = {k: v for k, v in registry.items() if k.startswith('OS::GPU::')}
         nested = self._nested_gpu_resources(result)
         if self.env == 'portable':
-            self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'},
-                             set(gpu_types))
+            self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'}
+                             | TEMPLATE_TYPES, set(gpu_types))
             self.assertTrue(gpu_types['OS::GPU::CudaInstance'].endswith(
                 'providers/cuda_instance.yaml'))
             # The engine loaded the provider templates: every OS::GPU::* resource of the
@@ -68,9 +70,21 @@ class TestTemplatesValidateLive(base.FunctionalTestCase):
             self.assertNotEqual([], nested)
             self.assertEqual([], [n for n, params in nested if not params])
         else:
-            # The plugin's classes: no mapping, no nested stack behind an OS::GPU::* resource.
+            # The plugin's classes: no mapping, no nested stack behind an OS::GPU::* resource
+            # but the plugin's own template types.
             self.assertEqual({}, gpu_types)
-            self.assertEqual([], nested)
+            templates = self._template_resources(result)
+            self.assertEqual([], [n for n, _ in nested if n not in templates])
+
+    @classmethod
+    def _template_resources(cls, result: dict) -> set:
+        """Names of the nested stacks of the plugin's template types, at any depth."""
+        found = set()
+        for name, nested in result.get('NestedParameters', {}).items():
+            if nested.get('Type') in TEMPLATE_TYPES:
+                found.add(name)
+            found |= cls._template_resources(nested)
+        return found
 
     @classmethod
     def _nested_gpu_resources(cls, result: dict) -> list[tuple[str, list[str]]]:

@@ -121,7 +121,9 @@ class TestRegistry(testtools.TestCase):
 
     def test_maps_every_plugin_type_to_a_provider(self):
         reg = registry()
-        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'},
+        # The plugin's classes, and the nested templates it registers as types.
+        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob',
+                          'OS::GPU::ClusterNode', 'OS::GPU::FlavorSetMember'},
                          set(reg))
         for target in reg.values():
             self.assertTrue(os.path.isfile(os.path.join(ENV_DIR, target)), target)
@@ -147,7 +149,8 @@ class TestProviderInterface(testtools.TestCase):
         prov = provider(self.type_name)
         params, outputs = set(prov['parameters']), set(prov['outputs'])
         used = 0
-        for path in glob.glob(os.path.join(ROOT, 'hot', '**', '*.yaml'), recursive=True):
+        for path in (glob.glob(os.path.join(ROOT, 'hot', '**', '*.yaml'), recursive=True)
+                     + glob.glob(os.path.join(ROOT, 'heat_gpu', 'templates', '*.yaml'))):
             tmpl = load(path)
             names = [n for n, r in (tmpl.get('resources') or {}).items()
                      if r.get('type') == self.type_name]
@@ -428,7 +431,7 @@ class TestFlavorProvider(testtools.TestCase):
 class TestFlavorSetMember(testtools.TestCase):
 
     def test_members_cover_every_model_and_count(self):
-        tmpl = load(os.path.join(ROOT, 'hot', 'lib', 'gpu_flavor_member.yaml'))
+        tmpl = load(os.path.join(ROOT, 'heat_gpu', 'templates', 'flavor_set_member.yaml'))
         props = tmpl['resources']['flavor']['properties']
         seen = []
         for index in range(6):

@@ -33,6 +33,7 @@ from heat.engine import plugin_manager
 from heat.engine import properties
 from heat.engine import resource
 from heat.engine import resources
+from heat.engine.resources import template_resource
 from oslo_config import cfg
 import testtools
 
@@ -103,11 +104,30 @@ class PluginLoadingTest(testtools.TestCase):
         flavor_cls = env.get_class('OS::GPU::Flavor')
         self.assertEqual('heat.engine.plugins.gpu_flavor', flavor_cls.__module__)
         self.assertTrue(issubclass(flavor_cls, resource.Resource))
-        modules = {env.get_class(t).__module__ for t in gpu_types}
+        # The nested templates the plugin registers: template resources of the global registry,
+        # which heat-engine reads from the package itself (file://, allowed only there).
+        infos = {t: env.registry.get_resource_info(t) for t in gpu_types}
+        templates = sorted(t for t, info in infos.items()
+                           if isinstance(info, environment.TemplateResourceInfo))
+        self.assertEqual(['OS::GPU::ClusterNode', 'OS::GPU::FlavorSetMember'], templates)
+        for name in templates:
+            self.assertFalse(infos[name].user_resource, name)
+            url = infos[name].template_name
+            self.assertTrue(url.startswith('file://'), url)
+            self.assertTrue(os.path.isfile(url[len('file://'):]), url)
+            node_cls = env.get_class(name)
+            self.assertTrue(issubclass(node_cls, template_resource.TemplateResource), name)
+        self.assertIn('min_percent', env.get_class('OS::GPU::ClusterNode').properties_schema)
+        self.assertIn('flavor_id', env.get_class('OS::GPU::FlavorSetMember').attributes_schema)
+        modules = {env.get_class(t).__module__ for t in gpu_types if t not in templates}
         for module in modules:
             self.assertTrue(module.startswith('heat.engine.plugins.'), module)
         # Every plugin module contributes at least one OS::GPU::* type.
-        self.assertEqual(set(self.plugin_module_names()), modules)
+        manager = plugin_manager.PluginManager()
+        mapping = plugin_manager.PluginMapping(['available_resource', 'resource'])
+        contributing = {m.__name__ for m in manager.modules
+                        if any(t.startswith('OS::GPU::') for t in mapping.load_from_module(m))}
+        self.assertEqual(set(self.plugin_module_names()), contributing)
 
     def test_plugin_mapping_of_each_module(self):
         manager = plugin_manager.PluginManager()

@@ -44,26 +44,38 @@ from heatclient.common import template_utils
 from oslo_serialization import jsonutils
 
 from heat_gpu import catalog
+from heat_gpu.resources import cluster_node
+from heat_gpu.resources import flavor_set_member
+from tools import inline_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PORTABLE_ENV = os.path.join(ROOT, 'environments', 'portable.yaml')
 
 #: Templates a tenant or admin launches (Horizon's Launch Stack form).
 LAUNCHABLE = sorted(glob.glob(os.path.join(ROOT, 'hot', '*.yaml')))
+#: The nested templates the plugin registers as types (heat_gpu/templates).
+NESTED = sorted(glob.glob(os.path.join(ROOT, 'heat_gpu', 'templates', '*.yaml')))
 #: Every HOT template of the repository: launchable ones, nested ones, providers, TripleO pieces.
-TEMPLATES = sorted(LAUNCHABLE + glob.glob(os.path.join(ROOT, 'hot', 'lib', '*.yaml'))
+TEMPLATES = sorted(LAUNCHABLE + NESTED
                    + glob.glob(os.path.join(ROOT, 'environments', 'providers', '*.yaml'))
                    + glob.glob(os.path.join(ROOT, 'environments', 'tripleo', 'firstboot',
                                             '*.yaml')))
-#: Every YAML file yamllint checks (tools/lint.sh runs yamllint on hot and environments too).
+#: Every YAML file yamllint checks (tools/lint.sh runs yamllint on the same directories).
 YAML_FILES = sorted(glob.glob(os.path.join(ROOT, 'hot', '**', '*.yaml'), recursive=True)
+                    + NESTED
                     + glob.glob(os.path.join(ROOT, 'environments', '**', '*.yaml'),
                                 recursive=True))
 
 #: The custom constraints heat-dashboard turns into drop-downs; any other renders empty.
 DROP_DOWNS = {'nova.flavor', 'glance.image', 'nova.keypair', 'neutron.network'}
 #: Parameters that name a cloud object, and the drop-down they must have.
-CLOUD_OBJECTS = {'flavor': 'nova.flavor', 'image': 'glance.image', 'key_name': 'nova.keypair'}
+CLOUD_OBJECTS = {'flavor': 'nova.flavor', 'image': 'glance.image'}
+#: Optional cloud objects: heat-dashboard's drop-downs have no empty entry, so a launchable template
+#: takes them as text (empty for none) and the resource that gets them checks them; a nested
+#: template, which no form shows, keeps the constraint.
+OPTIONAL_OBJECTS = {'key_name': 'nova.keypair'}
+#: Templates with shell scripts copied in by tools/inline_scripts.py.
+INLINE_COPIES = {os.path.join(ROOT, t) for t in inline_scripts.TEMPLATES}
 
 load_tests = testscenarios.load_tests_apply_scenarios
 
@@ -246,11 +258,17 @@ class TestEachTemplate(testtools.TestCase):
                     self.assertIn(custom, DROP_DOWNS, 'parameter %s' % name)
 
     def test_cloud_objects_have_their_drop_down(self):
+        launchable = self.path in LAUNCHABLE
         for name, param in (self.tmpl.get('parameters') or {}).items():
             customs = [c['custom_constraint'] for c in param.get('constraints') or []
                        if 'custom_constraint' in c]
             if name in CLOUD_OBJECTS:
                 self.assertEqual([CLOUD_OBJECTS[name]], customs, 'parameter %s' % name)
+            if name in OPTIONAL_OBJECTS:
+                self.assertEqual('string', param['type'], name)
+                self.assertEqual('', param['default'], name)
+                self.assertEqual([] if launchable else [OPTIONAL_OBJECTS[name]], customs,
+                                 'parameter %s' % name)
 
     def test_network_is_optional_text(self):
         param = (self.tmpl.get('parameters') or {}).get('network')
@@ -289,15 +307,27 @@ class TestEachTemplate(testtools.TestCase):
         for name in files:
             self.assertTrue(name.startswith('file://'), name)
         self.assertEqual(self.tmpl['heat_template_version'], tmpl['heat_template_version'])
-        if rel(self.path).startswith('hot' + os.sep):
+        if self.path in LAUNCHABLE or self.path in NESTED:
             tmpl, files, env = load_with_files(self.path, env_paths=(PORTABLE_ENV,))
         validate_stack(tmpl, files, env)
 
     def test_no_inline_scripts(self):
+        # A script in a template is only ever the generated copy of a file (kept current below).
+        copies = inline_scripts.inline(self.text) if self.path in INLINE_COPIES else None
         for path, node in walk(self.tmpl):
-            if isinstance(node, str):
-                self.assertFalse(node.lstrip().startswith('#!'),
-                                 'a script pasted at %s: put it in a file and use get_file' % path)
+            if isinstance(node, str) and node.lstrip().startswith('#!'):
+                self.assertIsNotNone(copies, 'a script pasted at %s: put it in a file and use '
+                                             'get_file, or have tools/inline_scripts.py copy it'
+                                     % path)
+                self.assertIn(node, {v for _, v in walk(template_format.parse(copies))
+                                     if isinstance(v, str)}, path)
+
+    def test_inline_copies_are_current(self):
+        if self.path not in INLINE_COPIES:
+            self.skipTest('no copied script')
+        self.assertEqual(inline_scripts.inline(self.text), self.text,
+                         'a copied script is stale: run tools/inline_scripts.py')
+        self.assertIn('#!', self.text)
 
     def test_get_file_targets_exist(self):
         base = os.path.dirname(self.path)
@@ -342,13 +372,43 @@ class TestLaunchable(testtools.TestCase):
 
     scenarios = [(rel(p), {'path': p}) for p in LAUNCHABLE]
 
+    def setUp(self):
+        super().setUp()
+        self.tmpl = template_format.parse(read(self.path))
+
+    def test_nothing_the_client_must_send(self):
+        # Horizon's Launch Stack sends no file a template names: no get_file, no template type.
+        for path, node in walk(self.tmpl):
+            if isinstance(node, dict):
+                self.assertNotIn('get_file', node, path)
+                kind = node.get('type')
+                if path.startswith('.resources') and isinstance(kind, str):
+                    self.assertFalse(kind.endswith(('.yaml', '.template')), path)
+
+    def test_parameters_a_form_can_carry(self):
+        for name, param in self.tmpl['parameters'].items():
+            if param['type'] == 'number':
+                # heat-dashboard makes a whole-number field of every number.
+                values = [param.get('default')] + [
+                    v for c in param.get('constraints') or []
+                    for v in (c.get('range') or {}).values()]
+                for value in values:
+                    if value is not None:
+                        self.assertIsInstance(value, int, name)
+            if param['type'] == 'comma_delimited_list':
+                # A list with allowed_values becomes a single choice; a list default shows as
+                # its Python text.
+                for constraint in param.get('constraints') or []:
+                    self.assertNotIn('allowed_values', constraint, name)
+                self.assertIsInstance(param.get('default', ''), str, name)
+
     def test_validates_with_the_plugin(self):
         from heat.engine import resource
         from heat_gpu.resources import cuda_instance
         from heat_gpu.resources import gpu_flavor
         from heat_gpu.resources import sample_job
         base.init_global_environment()
-        for module in (cuda_instance, gpu_flavor, sample_job):
+        for module in (cuda_instance, gpu_flavor, sample_job, cluster_node, flavor_set_member):
             for name, cls in module.resource_mapping().items():
                 resource._register_class(name, cls)
         tmpl, files, env = load_with_files(self.path)
@@ -357,7 +417,8 @@ class TestLaunchable(testtools.TestCase):
     def test_validates_with_the_portable_environment(self):
         base.init_global_environment()
         tmpl, files, env = load_with_files(self.path, env_paths=(PORTABLE_ENV,))
-        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'},
+        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob',
+                          'OS::GPU::ClusterNode', 'OS::GPU::FlavorSetMember'},
                          set(env['resource_registry']))
         for target in env['resource_registry'].values():
             self.assertIn(target, files)
@@ -371,7 +432,8 @@ class TestResolvedProperties(testtools.TestCase):
         ('gpu_instance', {'path': 'hot/gpu_instance.yaml', 'params': {}}),
         ('gpu_multi', {'path': 'hot/gpu_multi.yaml', 'params': {}}),
         ('gpu_jupyter', {'path': 'hot/gpu_jupyter.yaml', 'params': {}}),
-        ('gpu_node', {'path': 'hot/lib/gpu_node.yaml', 'params': {'index': '3'}}),
+        ('cluster_node', {'path': 'heat_gpu/templates/cluster_node.yaml',
+                          'params': {'index': '3'}}),
     ]
 
     def instance_properties(self, **params) -> dict:
@@ -422,7 +484,7 @@ class TestExpressions(testtools.TestCase):
         self.assertFalse(self.evaluate(path, snippet, {'passed': []}, params))
 
     def test_node_adds_p2p_with_two_gpus(self):
-        path = 'hot/lib/gpu_node.yaml'
+        path = 'heat_gpu/templates/cluster_node.yaml'
         tmpl = template_format.parse(read(os.path.join(ROOT, path)))
         snippet = tmpl['resources']['samples']['properties']['samples']
         params = {'flavor': 'f', 'image': 'i'}
@@ -435,6 +497,29 @@ class TestExpressions(testtools.TestCase):
         snippet = tmpl['resources']['flavors']['properties']['count']
         data = {'models': ['T4', 'L4'], 'counts': ['1', '2', '4']}
         self.assertEqual(6, self.evaluate(path, snippet, data))
+
+    def test_multi_samples_from_the_checkboxes(self):
+        path = 'hot/gpu_multi.yaml'
+        tmpl = template_format.parse(read(os.path.join(ROOT, path)))
+        snippet = tmpl['resources']['sample_job']['properties']['samples']
+        params = {'flavor': 'f', 'image': 'i'}
+        defaults = [[name, tmpl['parameters']['run_' + name]['default']] for name, _ in
+                    snippet['yaql']['data']]
+        # The form's defaults run the peer-to-peer test.
+        self.assertEqual(['device_query', 'bandwidth', 'gemm', 'p2p'],
+                         self.evaluate(path, snippet, defaults, params))
+        self.assertEqual(['vector_add'], self.evaluate(
+            path, snippet, [['device_query', False], ['vector_add', True], ['p2p', False]], params))
+
+    def test_min_percent_is_the_jobs_min_ratio(self):
+        for path, job in (('hot/gpu_instance.yaml', 'samples'),
+                          ('hot/gpu_multi.yaml', 'sample_job'),
+                          ('heat_gpu/templates/cluster_node.yaml', 'samples')):
+            tmpl = template_format.parse(read(os.path.join(ROOT, path)))
+            snippet = tmpl['resources'][job]['properties']['min_ratio']
+            got = self.evaluate(path, snippet, {'percent': 80}, {'flavor': 'f', 'image': 'i'})
+            self.assertEqual(0.8, got, path)
+            self.assertEqual(80, tmpl['parameters']['min_percent']['default'], path)
 
     def test_multi_p2p_results(self):
         path = 'hot/gpu_multi.yaml'
@@ -479,9 +564,16 @@ class TestCatalogCopies(testtools.TestCase):
     """Lists in templates that repeat the catalog stay equal to it."""
 
     def test_flavor_set_models(self):
+        member = template_format.parse(read(os.path.join(ROOT, 'heat_gpu', 'templates',
+                                                         'flavor_set_member.yaml')))
+        allowed = [c['allowed_values'] for c in member['parameters']['gpu_models']['constraints']
+                   if 'allowed_values' in c]
+        self.assertEqual([catalog.keys()], allowed)
+        # The form's help text lists them too (Horizon shows no choices for free text).
         tmpl = template_format.parse(read(os.path.join(ROOT, 'hot', 'gpu_flavors.yaml')))
-        allowed = tmpl['parameters']['gpu_models']['constraints'][0]['allowed_values']
-        self.assertEqual(catalog.keys(), allowed)
+        described = re.findall(r'[A-Z0-9][A-Z0-9-]+[A-Z0-9]|T4|L4',
+                               tmpl['parameters']['gpu_models']['description'].split(':', 1)[1])
+        self.assertEqual(catalog.keys(), described)
 
     def test_provider_model_aliases(self):
         path = os.path.join(ROOT, 'environments', 'providers', 'gpu_flavor.yaml')
