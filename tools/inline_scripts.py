@@ -30,6 +30,7 @@ import argparse
 import os
 import re
 import sys
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = re.compile(r'^\s*# (?P<source>hot/scripts/\S+), copied in by tools/inline_scripts\.py')
@@ -68,7 +69,7 @@ def inline(text: str, *, root: str = ROOT) -> str:
     return ''.join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--check', action='store_true', help='report stale copies, change nothing')
     args = parser.parse_args(argv)

@@ -135,7 +135,7 @@ class TestLocalCloud(base.FunctionalTestCase):
         self.assert_gone(server_id)
 
     def test_two_a100_land_on_the_a100_host(self):
-        flavor = self.create_gpu_flavor(alias='a100', count=2)
+        flavor = self.create_gpu_flavor(alias='a100-80g', count=2)
         server = self.demo.compute.create_server(
             name=self.unique_name('server'), flavor_id=flavor.id,
             image_id=self.demo.image.find_image('rocky-9-gpu', ignore_missing=False).id,

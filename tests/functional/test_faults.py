@@ -218,7 +218,7 @@ class TestContention(FaultTestCase):
         return usage
 
     def test_three_stacks_race_for_two_a100(self):
-        flavor = self.create_gpu_flavor(alias='a100', count=2)
+        flavor = self.create_gpu_flavor(alias='a100-80g', count=2)
         providers = [p['uuid'] for p in
                      self.placement_get('/resource_providers?resources=CUSTOM_PCI_10DE_20B5:1')
                      ['resource_providers']]

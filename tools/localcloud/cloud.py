@@ -45,6 +45,8 @@ import typing
 import urllib.error
 import urllib.request
 
+from heat_gpu import catalog
+
 try:
     from tools.localcloud import guestroot
     from tools.localcloud import horizon
@@ -76,15 +78,10 @@ PORTS = {
 }
 SERVICE_USERS = ('nova', 'placement', 'glance', 'heat')
 
-# PCI ids of the NVIDIA data-center GPUs the operator configuration knows (vendor 10de).
-GPU_ALIASES = {
-    'p100': '15f8',      # Tesla P100 PCIe 16GB
-    'v100': '1db4',      # Tesla V100 PCIe 16GB
-    't4': '1eb8',        # Tesla T4
-    'a100': '20b5',      # A100 PCIe 80GB
-    'a100-40g': '20f1',  # A100 PCIe 40GB
-    'h100': '2331',      # H100 PCIe
-}
+# The operator's [pci] alias entries (vendor 10de): every GPU model of the catalog under its own
+# alias and PCI device id, the names OS::GPU::Flavor and hot/gpu_flavors.yaml ask nova for (the
+# catalog is the one source; tests/unit/test_gpu_aliases.py ties them).
+GPU_ALIASES = {m.alias: m.pci_id.split(':')[1] for m in catalog.models()}
 
 # The simulated hardware: GPUs per compute host, with the NUMA node each sits on.
 TEST_HOST_DEVICES = {
