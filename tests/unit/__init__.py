@@ -25,6 +25,7 @@ import fnmatch
 from importlib import metadata
 import os
 import sys
+import traceback
 from typing import Optional
 import unittest
 
@@ -59,6 +60,15 @@ def _skipped(module: str, why: str) -> unittest.TestCase:
     return cls('test_needs_the_development_line')
 
 
+def _failed_import(module: str, error: str) -> unittest.TestCase:
+    def test_import(self: unittest.TestCase) -> None:
+        self.fail('%s failed to import:\n%s' % (module, error))
+
+    cls = type('ModuleImportFailure', (unittest.TestCase,),
+               {'__module__': module, 'test_import': test_import})
+    return cls('test_import')
+
+
 def load_tests(loader: unittest.TestLoader, standard_tests: unittest.TestSuite,
                pattern: str) -> unittest.TestSuite:
     pattern = pattern or 'test*.py'
@@ -72,6 +82,9 @@ def load_tests(loader: unittest.TestLoader, standard_tests: unittest.TestSuite,
         module = '%s.%s' % (__name__, name[:-3])
         if name.startswith(LOCAL_CLOUD_PREFIX):
             standard_tests.addTest(_skipped(module, why))
-        else:
+            continue
+        try:
             standard_tests.addTests(loader.loadTestsFromName(module))
+        except Exception:  # as unittest's discovery does: one failed test, the others still run
+            standard_tests.addTest(_failed_import(module, traceback.format_exc()))
     return standard_tests
