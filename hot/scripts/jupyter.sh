@@ -29,11 +29,13 @@ fi
 home=$(awk -F: -v u="$JUPYTER_USER" '$1 == u { print $6 }' "$HEAT_GPU_ROOT/etc/passwd")
 [ -n "$home" ] || fail "user $JUPYTER_USER does not exist on the image"
 
-if ! python3 -m venv --help >/dev/null 2>&1; then
+# Debian and Ubuntu ship venv without ensurepip (python3 -m venv --help works, creating one fails).
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2 \
+            || fail "python3-venv is missing and apt-get could not install it from the image's sources"
     elif command -v dnf >/dev/null 2>&1; then
-        dnf install -y -q python3 >&2
+        dnf install -y -q python3 >&2 || fail "dnf could not install python3 from the image's sources"
     else
         fail "python3 -m venv is missing and no package manager (apt-get, dnf) was found"
     fi

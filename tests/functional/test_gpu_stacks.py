@@ -91,7 +91,8 @@ def without_plugin(fields: dict) -> dict:
 
     env = copy.deepcopy(fields['environment'])
     env['resource_registry'] = {rename(k): v for k, v in env['resource_registry'].items()}
-    # Nested templates (hot/lib/*.yaml) use the types too; scripts and sources stay untouched.
+    # Nested templates (heat_gpu/templates/*.yaml) use the types too; scripts and sources stay
+    # untouched.
     files = {k: rename(v) if k.endswith('.yaml') else v for k, v in fields['files'].items()}
     return {**fields, 'template': json.loads(rename(json.dumps(fields['template']))),
             'environment': env, 'files': files}
