@@ -118,11 +118,11 @@ class CudaInstance(_Server):
         message='Provided by the heat-gpu plugin (heat_gpu/resources in plugin_dirs).')
 
     PROPERTIES = (
-        CUDA_VERSION, DRIVER_BRANCH, INSTALL_METHOD, KERNEL_MODULES, MIRROR_URL, CHECKSUMS,
-        BOOTSTRAP_TIMEOUT, GPU_MODEL,
+        CUDA_VERSION, DRIVER_BRANCH, INSTALL_METHOD, KERNEL_MODULES, MIRROR_URL,
+        KEYRING_FINGERPRINTS, CHECKSUMS, BOOTSTRAP_TIMEOUT, GPU_MODEL,
     ) = (
         'cuda_version', 'driver_branch', 'install_method', 'kernel_modules', 'mirror_url',
-        'checksums', 'bootstrap_timeout', 'gpu_model',
+        'keyring_fingerprints', 'checksums', 'bootstrap_timeout', 'gpu_model',
     )
 
     INSTALL_METHODS = ('auto', 'packages', 'runfile', 'preinstalled')
@@ -200,6 +200,16 @@ class CudaInstance(_Server):
             'Base URL (https://) of a mirror of the NVIDIA repositories and installers, for clouds '
             'whose instances cannot reach the internet. Default: the [heat_gpu] mirror_url '
             'option; unset means NVIDIA\'s own sites.'),
+        KEYRING_FINGERPRINTS: properties.Schema(
+            properties.Schema.LIST,
+            'OpenPGP fingerprints (40 hex digits) of the repository keys the guest accepts in '
+            'the cuda-keyring package of mirror_url (Debian and Ubuntu images): the boot script '
+            'refuses a keyring that holds any other key. Set it for a mirror that re-signs '
+            'NVIDIA\'s repositories with a key of its own. Default: the [heat_gpu] '
+            'trusted_keyring_fingerprints option (NVIDIA\'s key unless the operator changed it).',
+            schema=properties.Schema(
+                properties.Schema.STRING,
+                constraints=[constraints.AllowedPattern(r'^[0-9A-Fa-f]{40}$')])),
         CHECKSUMS: properties.Schema(
             properties.Schema.MAP,
             'SHA-256 checksums (64 hex digits) of downloaded files, keyed by file name, '
@@ -552,7 +562,9 @@ class CudaInstance(_Server):
             'kernel_modules': self.properties[self.KERNEL_MODULES],
             'mirror_url': self._setting(self.MIRROR_URL, 'mirror_url'),
             'checksums': dict(self.properties[self.CHECKSUMS] or {}),
-            'keyring_fingerprints': config.trusted_keyring_fingerprints(),
+            'keyring_fingerprints': [f.upper() for f in
+                                     self.properties[self.KEYRING_FINGERPRINTS] or
+                                     config.trusted_keyring_fingerprints()],
             'gpu_model': model.key if model else None,
             'gpu_mode': request.mode,
             'gpu_count': request.count,

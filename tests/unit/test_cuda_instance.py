@@ -327,6 +327,18 @@ class CudaInstanceTest(CudaInstanceTestBase):
         self.assertEqual(['EB693B3035CD5710E231E123A4B469963BF863CC', mine.upper()],
                          settings['keyring_fingerprints'])
 
+    def test_instance_keyring_fingerprints_replace_the_option(self):
+        mine = 'b2' * 20
+        self._start(keyring_fingerprints=[mine])
+        settings = bootstrap_settings(self.create.call_args.kwargs['userdata'])
+        self.assertEqual([mine.upper()], settings['keyring_fingerprints'])
+
+    def test_bad_keyring_fingerprint_is_refused(self):
+        stack = self._stack(keyring_fingerprints=['3bf863cc'])
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('keyring_fingerprints', str(exc))
+        self.assertIn('"3bf863cc" does not match pattern "^[0-9A-Fa-f]{40}$"', str(exc))
+
     def test_progress_then_success(self):
         stack, rsrc, runner = self._start()
         self.server.status = 'ACTIVE'
