@@ -12,10 +12,11 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 : "${HEAT_GPU_SKIP_APT:=}"
 
 # Debian packages: the message broker and database of the local cloud, the PCI id database the
-# catalog falls back on, cloud-init (its schema validator checks our user data), and what builds and
-# boots the local cloud's guest root (mmdebstrap, bubblewrap), and the browser the Horizon tests drive.
-apt_packages=(rabbitmq-server mariadb-server pciutils pci.ids cloud-init curl mmdebstrap bubblewrap
-    chromium chromium-driver)
+# catalog falls back on, cloud-init (its schema validator checks our user data), what builds and
+# boots the local cloud's guest root (mmdebstrap, systemd-nspawn; bubblewrap enters it in the mirror's
+# tests), and the browser the Horizon tests drive.
+apt_packages=(rabbitmq-server mariadb-server pciutils pci.ids cloud-init curl mmdebstrap
+    systemd-container bubblewrap chromium chromium-driver)
 
 missing_apt() {
     local p

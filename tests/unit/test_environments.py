@@ -277,10 +277,18 @@ class TestCudaInstanceProvider(testtools.TestCase):
         parts = self.tmpl['resources']['user_data_parts']['properties']['parts']['if']
         launcher = os.path.join(PROVIDERS, 'files', 'launcher.sh')
         self.assertIn('/usr/local/lib/heat-gpu/bootstrap.sh', read(launcher))
+        from heat_gpu import userdata
         for branch in parts[1:]:
-            shell = [p for p in branch if p.get('subtype') == 'x-shellscript']
-            self.assertEqual([{'config': {'get_file': 'files/launcher.sh'},
-                               'subtype': 'x-shellscript'}], shell)
+            # heat_gpu.userdata's order and names: the launcher first (it sorts after the
+            # tenant's scripts), our cloud-config last, merged by its merge_how.
+            self.assertEqual({'config': {'get_file': 'files/launcher.sh'},
+                              'filename': userdata.SCRIPT_NAME,
+                              'subtype': 'x-shellscript'}, branch[0])
+            self.assertEqual({'config': {'get_resource': 'settings'},
+                              'subtype': 'cloud-config'}, branch[-1])
+        self.assertEqual(userdata.MERGE_HOW,
+                         self.tmpl['resources']['settings']['properties']['cloud_config']
+                         ['merge_how'])
 
     def test_user_data_fits_nova_limit(self):
         from email.mime import multipart
