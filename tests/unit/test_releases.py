@@ -16,12 +16,16 @@
 import configparser
 from importlib import metadata
 import importlib.util
+import io
 import os
 import re
 import sys
+import unittest
 
+import fixtures
 from packaging import requirements
 from packaging import version
+import subunit
 import testscenarios
 import testtools
 
@@ -188,3 +192,58 @@ class TestPackage(testtools.TestCase):
     def test_matrix_tests_every_line_but_the_development_one(self):
         self.assertEqual([line.name for line in releases.SUPPORTED[:-1]],
                          [line.name for line in release_matrix.matrix_lines()])
+
+
+class _Inner(testtools.TestCase):
+    """Run inside TestMatrixCounts only (no test_ prefix)."""
+
+    def passes(self):
+        pass
+
+    def fails(self):
+        self.fail('heat 22 refused the plugin')
+
+    def skips(self):
+        self.skipTest('no local cloud here')
+
+
+def subunit_bytes(*names: str) -> bytes:
+    out = io.BytesIO()
+    result = testtools.ExtendedToStreamDecorator(subunit.StreamResultToBytes(out))
+    result.startTestRun()
+    unittest.TestSuite([_Inner(name) for name in names]).run(result)
+    result.stopTestRun()
+    return out.getvalue()
+
+
+class TestMatrixCounts(testtools.TestCase):
+
+    def test_stream_counts_as_stestr_does(self):
+        stream = subunit_bytes('passes', 'passes', 'fails', 'skips')
+        self.assertEqual((2, 1, 1), release_matrix.count_stream(stream))
+
+    def test_every_check_is_one_test_and_a_failure_keeps_its_reason(self):
+        outcome = release_matrix.Outcome('2024.1')
+        self.assertTrue(outcome.check(True, 'install'))
+        self.assertFalse(outcome.check(False, 'heat 22.0.1 loads the plugin', 'one\ntwo'))
+        self.assertEqual((1, 1, 0), (outcome.passed, outcome.failed, outcome.skipped))
+        self.assertEqual(['FAILED [2024.1] heat 22.0.1 loads the plugin', '    one', '    two'],
+                         outcome.failures)
+
+    def test_stamp_changes_with_the_lines_inputs(self):
+        line = releases.supported_line('2024.1')
+        here = release_matrix.inputs_hash(line, python_version='3.9')
+        self.assertEqual(here, release_matrix.inputs_hash(line, python_version='3.9'))
+        self.assertNotEqual(here, release_matrix.inputs_hash(line, python_version='3.10'))
+        other = releases.SupportedLine(line.series, '22.0.0', line.nova, line.pythons,
+                                       line.python, line.engine)
+        self.assertNotEqual(here, release_matrix.inputs_hash(other, python_version='3.9'))
+
+    def test_an_interpreter_of_the_wrong_version_is_not_taken(self):
+        self.useFixture(fixtures.EnvironmentVariable('HEAT_GPU_PYTHON27', sys.executable))
+        self.useFixture(fixtures.EnvironmentVariable('PATH', '/nonexistent'))
+        self.assertIsNone(release_matrix.find_python('2.7'))
+        here = '%d.%d' % sys.version_info[:2]
+        self.useFixture(fixtures.EnvironmentVariable(
+            'HEAT_GPU_PYTHON' + here.replace('.', ''), sys.executable))
+        self.assertEqual(sys.executable, release_matrix.find_python(here))
