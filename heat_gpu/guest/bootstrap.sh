@@ -1027,6 +1027,11 @@ main() {
     local summary
     [ -r "$HEAT_GPU_SETTINGS" ] || { S_TRANSPORT=NONE; fail "settings file $HEAT_GPU_SETTINGS is missing"; }
     chmod 600 "$HEAT_GPU_SETTINGS"
+    # heat's part handler (SOFTWARE_CONFIG user data) writes the server's metadata, with this
+    # stack user's password, world-readable into cloud-init's data directory: root only.
+    for f in "$R/var/lib/cloud/data/cfn-init-data" "$R/var/lib/heat-cfntools/cfn-init-data"; do
+        if [ -e "$f" ]; then chmod 600 "$f"; fi
+    done
     eval "$(read_settings)"
     case "$S_MIRROR" in
         "" | https://*) ;;

@@ -330,6 +330,19 @@ class SecurityTestCase(base.FunctionalTestCase):
                     yield os.path.relpath(path, root), f.read()
 
     @staticmethod
+    def root_only(path: str) -> bool:
+        """Whether only root can read *path* (its mode, or a directory on its way, says so)."""
+        while len(path) > 1:
+            mode = os.stat(path).st_mode
+            if os.path.isdir(path) and mode & 0o011 == 0 or (
+                    not os.path.isdir(path) and mode & 0o044 == 0):
+                return True
+            if path.endswith('/disk'):
+                return False
+            path = os.path.dirname(path)
+        return False
+
+    @staticmethod
     def findings(texts: Iterable[tuple[str, str | bytes]],
                  secrets: dict[str, str]) -> list[str]:
         """'<where>: <secret name>' for every secret found in a text (the value is not shown)."""
@@ -389,7 +402,12 @@ class TestCredentials(SecurityTestCase):
                 'stack outputs', 'events', 'console output')], pw))
         holding = sorted(path for path, data in guest if password.encode() in data)
         self.assertIn(PASSWORD_FILES[0], holding)
-        self.assertEqual([], [p for p in holding if p not in PASSWORD_FILES])
+        # Besides those, only cloud-init's own copies of the user data and metadata (under
+        # /var/lib/cloud, as on every VM), and none of the files readable by others than root.
+        self.assertEqual([], [p for p in holding if p not in PASSWORD_FILES
+                              and not p.startswith('var/lib/cloud/')])
+        disk = self.cloud.path('guests', server_id, 'disk')
+        self.assertEqual([], [p for p in holding if not self.root_only(os.path.join(disk, p))])
 
         # Every credential in a structured document is that password, next to that user id.
         structured = [(label, doc) for label, text in texts for doc in documents(text)]
