@@ -699,6 +699,21 @@ PY
     log "repository file ${file##*/} verified: gpgcheck=1 and an https gpgkey in every section"
 }
 
+# apt_update_nvidia: apt-get update with NVIDIA's repository added. apt checks the repository's
+# signature against the cuda-keyring just installed; a signature by any other key (a mirror that
+# re-signs, a tampered InRelease) is refused by apt, and the failure names that key.
+apt_update_nvidia() {
+    local out="$WORK/apt-update.log" rc=0 key
+    DEBIAN_FRONTEND=noninteractive run_quiet apt-get update -q >"$out" 2>&1 || rc=$?
+    cat "$out"
+    key=$(grep -o 'NO_PUBKEY [0-9A-Fa-f]*\|EXPKEYSIG [0-9A-Fa-f]*\|BADSIG [0-9A-Fa-f]*' "$out" \
+        | head -n 1) || true
+    if [ -n "$key" ]; then
+        fail "apt refused the signature of NVIDIA's repository $REPO at $(base_url) ($key): its InRelease is not signed by a key of the cuda-keyring (trusted: ${S_KEYRING_FPRS[*]}). Use a mirror that serves NVIDIA's signed repository unchanged, or one whose cuda-keyring holds the key it signs with (add that key to keyring_fingerprints)"
+    fi
+    [ "$rc" -eq 0 ] || fail "apt-get update failed after adding NVIDIA's repository $REPO; see log_tail"
+}
+
 add_repo() {
     local url
     case "$FAMILY" in
@@ -708,7 +723,7 @@ add_repo() {
             verify_keyring_deb "$WORK/cuda-keyring_1.1-1_all.deb"
             run_quiet dpkg -i "$WORK/cuda-keyring_1.1-1_all.deb" || fail "dpkg -i cuda-keyring failed; see log_tail"
             rewrite_to_mirror
-            DEBIAN_FRONTEND=noninteractive run_quiet apt-get update -q || fail "apt-get update failed after adding NVIDIA's repository $REPO; see log_tail"
+            apt_update_nvidia
             ;;
         rhel)
             url="$(base_url)/compute/cuda/repos/$REPO/x86_64/cuda-$REPO.repo"

@@ -313,9 +313,12 @@ class TestBootstrapOnTheMirror(GuestTestCase):
 
     def test_a_repository_signed_by_another_key_is_refused_by_apt(self):
         self.install(mirror_path='/faults/bad-signature')
-        log = '\n'.join(self.lines('/var/log/heat-gpu-bootstrap.log'))
-        self.assertIn('apt-get update failed after adding NVIDIA\'s repository debian12', log)
-        self.assertIn('NO_PUBKEY', log)
+        reason = self.lines('/var/lib/heat-gpu/failure_reason')[0]
+        # apt names the signing key by its long id: the fingerprint's last 16 digits.
+        other = mirror.fault_key_fingerprint(self.mirror_dir)[-16:]
+        self.assertIn("apt refused the signature of NVIDIA's repository debian12 at %s/faults/"
+                      'bad-signature (NO_PUBKEY %s)' % (self.mirror_url, other), reason)
+        self.assertIn('trusted: %s' % mirror.key_fingerprint(self.mirror_dir), reason)
 
     def test_a_rhel_image_reads_the_served_repository_file(self):
         # RHEL packages cannot be had here: dnf stays simulated, the repository file is real.
