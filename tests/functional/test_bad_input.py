@@ -282,9 +282,11 @@ class TestBadInput(base.FunctionalTestCase):
             'servers': mine,
             'flavors': {f.id: f.name for f in self.admin.compute.flavors(is_public=None)
                         if f.name.startswith(self.tag)},
-            # The project of the client that sent the create is where a stack would be.
+            # The project of the client that sent the create is where a stack would be. Heat
+            # lists a stack it just deleted as DELETE_COMPLETE for a moment: that one is gone.
             'stacks': {s.id: '%s %s' % (s.stack_name, s.stack_status)
-                       for s in self.client.stacks.list(filters={'name': self.stack_name})},
+                       for s in self.client.stacks.list(filters={'name': self.stack_name})
+                       if s.stack_status != 'DELETE_COMPLETE'},
             'pci_in_use': {k: v for k, v in self._claims().items() if v in mine},
         }
 
