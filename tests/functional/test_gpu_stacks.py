@@ -332,3 +332,85 @@ class TestTenantInstance(GpuStackTestCase):
         self.assertNotIn('phase reboot', events)
         self.assertIn('preinstalled', events)
         self.assert_gpus_match_claim(attributes['gpus'], self.outputs(stack)['server_id'])
+
+
+TENANT_WRITE_FILES = textwrap.dedent('''\
+    #cloud-config
+    write_files:
+      - path: /etc/tenant/app.conf
+        content: "tenant=1\\n"
+    runcmd:
+      - [sh, -c, 'echo tenant-runcmd > /tenant-runcmd.txt']
+    packages:
+      - curl
+    ''')
+TENANT_SCRIPT = '#!/bin/bash\necho "tenant script" > /tenant-script.txt\n'
+TENANT_MERGE_HOW = textwrap.dedent('''\
+    #cloud-config
+    merge_how:
+      - name: list
+        settings: [replace]
+      - name: dict
+        settings: [replace]
+    write_files:
+      - path: /etc/tenant/app.conf
+        content: "tenant=1\\n"
+    ''')
+
+
+def _tenant_multipart() -> str:
+    from email.mime import multipart
+    from email.mime import text
+    message = multipart.MIMEMultipart()
+    for body, subtype, name in ((TENANT_WRITE_FILES, 'cloud-config', 'app.yaml'),
+                                (TENANT_SCRIPT, 'x-shellscript', 'setup.sh')):
+        part = text.MIMEText(body, subtype, 'utf-8')
+        part.add_header('Content-Disposition', 'attachment', filename=name)
+        message.attach(part)
+    return message.as_string()
+
+
+#: Tenant user data of each kind -> the files it leaves in the guest.
+TENANT_KINDS = {
+    'write_files': (TENANT_WRITE_FILES, {'etc/tenant/app.conf': 'tenant=1\n',
+                                         'tenant-runcmd.txt': 'tenant-runcmd\n'}),
+    'script': (TENANT_SCRIPT, {'tenant-script.txt': 'tenant script\n'}),
+    'multipart': (_tenant_multipart(), {'etc/tenant/app.conf': 'tenant=1\n',
+                                        'tenant-runcmd.txt': 'tenant-runcmd\n',
+                                        'tenant-script.txt': 'tenant script\n'}),
+    'merge_how': (TENANT_MERGE_HOW, {'etc/tenant/app.conf': 'tenant=1\n'}),
+}
+
+# Heat wants parameter, resource and output names apart: <kind>_data, <kind>_vm, <kind>.
+TENANT_KINDS_TEMPLATE = {
+    'heat_template_version': '2021-04-16',
+    'parameters': dict({'flavor': {'type': 'string'}, 'image': {'type': 'string'}},
+                       **{kind + '_data': {'type': 'string'} for kind in TENANT_KINDS}),
+    'resources': {kind + '_vm': {'type': 'OS::GPU::CudaInstance', 'properties': {
+        'flavor': {'get_param': 'flavor'}, 'image': {'get_param': 'image'},
+        'networks': [{'allocate_network': 'none'}], 'bootstrap_timeout': 300,
+        'user_data': {'get_param': kind + '_data'}}} for kind in TENANT_KINDS},
+    'outputs': {kind: {'value': {'get_resource': kind + '_vm'}} for kind in TENANT_KINDS},
+}
+
+
+class TestTenantUserData(GpuStackTestCase):
+    """The boot script and the tenant's own user data both apply, whatever the tenant passes."""
+
+    def test_every_kind_of_tenant_user_data(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        parameters = {'flavor': flavor.id, 'image': IMAGE}
+        parameters.update({kind + '_data': data for kind, (data, _) in TENANT_KINDS.items()})
+        stack_id = self.launch({'template': TENANT_KINDS_TEMPLATE}, parameters=parameters)
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        servers = self.outputs(stack)
+        for kind, (_, files) in TENANT_KINDS.items():
+            disk = self.cloud.path('guests', servers[kind], 'disk')
+            self.assertTrue(os.path.isfile(os.path.join(disk, 'etc/heat-gpu/bootstrap.json')),
+                            kind)
+            for path, content in files.items():
+                with open(os.path.join(disk, path), encoding='utf-8') as f:
+                    self.assertEqual(content, f.read(), '%s: %s' % (kind, path))
+        self.delete_stack(stack_id)
+        for server_id in servers.values():
+            self.assert_server_released(server_id)
