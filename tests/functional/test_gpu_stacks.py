@@ -31,6 +31,7 @@ from heatclient import exc as heat_exc
 
 from heat_gpu import catalog
 from tests.functional import base
+from tests import tenant_user_data
 
 IMAGE = 'ubuntu-22.04-gpu'
 PREBAKED_IMAGE = 'ubuntu-22.04-cuda-prebaked'
@@ -334,52 +335,7 @@ class TestTenantInstance(GpuStackTestCase):
         self.assert_gpus_match_claim(attributes['gpus'], self.outputs(stack)['server_id'])
 
 
-TENANT_WRITE_FILES = textwrap.dedent('''\
-    #cloud-config
-    write_files:
-      - path: /etc/tenant/app.conf
-        content: "tenant=1\\n"
-    runcmd:
-      - [sh, -c, 'echo tenant-runcmd > /tenant-runcmd.txt']
-    packages:
-      - curl
-    ''')
-TENANT_SCRIPT = '#!/bin/bash\necho "tenant script" > /tenant-script.txt\n'
-TENANT_MERGE_HOW = textwrap.dedent('''\
-    #cloud-config
-    merge_how:
-      - name: list
-        settings: [replace]
-      - name: dict
-        settings: [replace]
-    write_files:
-      - path: /etc/tenant/app.conf
-        content: "tenant=1\\n"
-    ''')
-
-
-def _tenant_multipart() -> str:
-    from email.mime import multipart
-    from email.mime import text
-    message = multipart.MIMEMultipart()
-    for body, subtype, name in ((TENANT_WRITE_FILES, 'cloud-config', 'app.yaml'),
-                                (TENANT_SCRIPT, 'x-shellscript', 'setup.sh')):
-        part = text.MIMEText(body, subtype, 'utf-8')
-        part.add_header('Content-Disposition', 'attachment', filename=name)
-        message.attach(part)
-    return message.as_string()
-
-
-#: Tenant user data of each kind -> the files it leaves in the guest.
-TENANT_KINDS = {
-    'write_files': (TENANT_WRITE_FILES, {'etc/tenant/app.conf': 'tenant=1\n',
-                                         'tenant-runcmd.txt': 'tenant-runcmd\n'}),
-    'script': (TENANT_SCRIPT, {'tenant-script.txt': 'tenant script\n'}),
-    'multipart': (_tenant_multipart(), {'etc/tenant/app.conf': 'tenant=1\n',
-                                        'tenant-runcmd.txt': 'tenant-runcmd\n',
-                                        'tenant-script.txt': 'tenant script\n'}),
-    'merge_how': (TENANT_MERGE_HOW, {'etc/tenant/app.conf': 'tenant=1\n'}),
-}
+TENANT_KINDS = tenant_user_data.KINDS
 
 # Heat wants parameter, resource and output names apart: <kind>_data, <kind>_vm, <kind>.
 TENANT_KINDS_TEMPLATE = {
@@ -409,7 +365,7 @@ class TestTenantUserData(GpuStackTestCase):
             self.assertTrue(os.path.isfile(os.path.join(disk, 'etc/heat-gpu/bootstrap.json')),
                             kind)
             for path, content in files.items():
-                with open(os.path.join(disk, path), encoding='utf-8') as f:
+                with open(os.path.join(disk, path.lstrip('/')), encoding='utf-8') as f:
                     self.assertEqual(content, f.read(), '%s: %s' % (kind, path))
         self.delete_stack(stack_id)
         for server_id in servers.values():

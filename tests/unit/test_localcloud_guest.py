@@ -24,8 +24,6 @@ the tests state what cloud-init 22.4 (Debian 12) does, and our user data must li
 from heat.tests import common  # noqa: F401 (imported for its side effect, see above)
 
 import base64
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 import json
 import os
 import shutil
@@ -44,6 +42,7 @@ import testtools
 from heat.engine.clients.os import nova
 
 from heat_gpu import userdata
+from tests import tenant_user_data
 from tools.localcloud import guest as guest_machine
 from tools.localcloud import guestroot
 from tools.localcloud import mirror
@@ -93,15 +92,6 @@ PART_HANDLER = textwrap.dedent('''\
             with open('/demo-handled.txt', 'a') as f:
                 f.write('%s %s\\n' % (filename, payload.strip()))
     ''')
-
-
-def mime(parts: list[tuple[str, str, str]]) -> str:
-    message = MIMEMultipart()
-    for subtype, filename, text in parts:
-        part = MIMEText(text, subtype, 'utf-8')
-        part.add_header('Content-Disposition', 'attachment', filename=filename)
-        message.attach(part)
-    return message.as_string()
 
 
 def heat_user_data(tenant: typing.Optional[str], *, mirror_url: str,
@@ -209,7 +199,7 @@ class GuestTestCase(testtools.TestCase):
 class TestGuestMachine(GuestTestCase):
 
     def test_cloud_init_merges_and_orders_the_parts(self):
-        user_data = mime([
+        user_data = tenant_user_data.mime([
             ('part-handler', 'demo-handler.py', PART_HANDLER),
             ('cloud-config', 'one.yaml', textwrap.dedent('''\
                 #cloud-config
@@ -330,47 +320,11 @@ class TestBootstrapOnTheMirror(GuestTestCase):
                       % self.mirror_url, repo_file)
 
 
-TENANT_WRITE_FILES = textwrap.dedent('''\
-    #cloud-config
-    write_files:
-      - path: /etc/tenant/app.conf
-        content: "tenant=1\\n"
-    runcmd:
-      - [sh, -c, 'echo tenant-runcmd > /tenant-runcmd.txt']
-    packages:
-      - curl
-    ''')
-TENANT_SCRIPT = '#!/bin/bash\necho "tenant script" > /tenant-script.txt\n'
-TENANT_MERGE_HOW = textwrap.dedent('''\
-    #cloud-config
-    merge_how:
-      - name: list
-        settings: [replace]
-      - name: dict
-        settings: [replace]
-    write_files:
-      - path: /etc/tenant/app.conf
-        content: "tenant=1\\n"
-    ''')
-
-
 class TestTenantUserData(testscenarios.WithScenarios, GuestTestCase):
     """A CudaInstance's boot script survives whatever user data the tenant adds."""
 
-    scenarios = [
-        ('cloud_config_write_files', {'tenant': TENANT_WRITE_FILES,
-                                      'files': {'/etc/tenant/app.conf': ['tenant=1'],
-                                                '/tenant-runcmd.txt': ['tenant-runcmd']}}),
-        ('shell_script', {'tenant': TENANT_SCRIPT,
-                          'files': {'/tenant-script.txt': ['tenant script']}}),
-        ('own_multipart', {'tenant': mime([('cloud-config', 'c.yaml', TENANT_WRITE_FILES),
-                                           ('x-shellscript', 's.sh', TENANT_SCRIPT)]),
-                           'files': {'/etc/tenant/app.conf': ['tenant=1'],
-                                     '/tenant-runcmd.txt': ['tenant-runcmd'],
-                                     '/tenant-script.txt': ['tenant script']}}),
-        ('own_merge_how', {'tenant': TENANT_MERGE_HOW,
-                           'files': {'/etc/tenant/app.conf': ['tenant=1']}}),
-    ]
+    scenarios = [(kind, {'tenant': data, 'files': files})
+                 for kind, (data, files) in tenant_user_data.KINDS.items()]
 
     def test_boot_script_and_tenant_part_both_apply(self):
         user_data = heat_user_data(self.tenant, mirror_url=self.mirror_url,
@@ -382,7 +336,7 @@ class TestTenantUserData(testscenarios.WithScenarios, GuestTestCase):
         log = self.lines('/var/log/heat-gpu-bootstrap.log')
         self.assertIn('done: 1 GPU(s) ready', log[-1], '\n'.join(log[-20:]))
         for path, content in self.files.items():
-            self.assertEqual(content, self.lines(path), path)
+            self.assertEqual(content, self._read(self.on_disk(path)), path)
 
 
 def load_tests(loader, tests, pattern):

@@ -30,6 +30,7 @@ from heat.engine.clients.os import nova
 
 from heat_gpu import exception
 from heat_gpu import userdata
+from tests import tenant_user_data
 
 SETTINGS = {
     'signal': {'transport': 'HEAT_SIGNAL', 'auth_url': 'http://127.0.0.1:5000/v3',
@@ -171,17 +172,10 @@ class TestUserData(testtools.TestCase):
     def test_tenant_base64_parts_survive_heats_merge(self) -> None:
         # Python's email package base64-encodes UTF-8 text; heat's SOFTWARE_CONFIG format
         # re-reads every part's raw payload, so the parts must reach it decoded.
-        from email.mime import multipart
-        from email.mime import text
-        tenant = multipart.MIMEMultipart()
-        for body, subtype, name in ((TENANT_CONFIG, 'cloud-config', 'c.yaml'),
-                                    (TENANT_SCRIPT, 'x-shellscript', 's.sh')):
-            part = text.MIMEText(body, subtype, 'utf-8')
-            part.add_header('Content-Disposition', 'attachment', filename=name)
-            tenant.attach(part)
-        self.assertIn('Content-Transfer-Encoding: base64', tenant.as_string())
-        ours = userdata.build_user_data(settings=self.settings(),
-                                        tenant_user_data=tenant.as_string())
+        tenant = tenant_user_data.mime([('cloud-config', 'c.yaml', TENANT_CONFIG),
+                                        ('x-shellscript', 's.sh', TENANT_SCRIPT)])
+        self.assertIn('Content-Transfer-Encoding: base64', tenant)
+        ours = userdata.build_user_data(settings=self.settings(), tenant_user_data=tenant)
         merged = userdata.parts(_heat_build_userdata(ours))
         self.assertEqual([('text/cloud-config', 'c.yaml', TENANT_CONFIG),
                           ('text/x-shellscript', 's.sh', TENANT_SCRIPT)], merged[-3:-1])
