@@ -361,7 +361,8 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
     """Create a simulated guest under *root* and return the environment to run programs in it.
 
     *real_userland*: *root* is ``/`` of a real Linux userland (the local cloud's guest, run
-    inside it): its own programs stay on ``PATH`` after the stubs, no host tool is linked, the
+    inside it): the stubs are linked into ``/usr/local/sbin``, ahead of its own programs on the
+    default ``PATH``, no host tool is linked, the
     paths given to the boot script are the guest's own, and the image's ``/etc/os-release`` is
     kept when it already names *distro* and *version*. A Debian-family image gets only
     ``REAL_DEBIAN_STUBS``: its own apt-get, dpkg, gpg and curl install the NVIDIA packages, from
@@ -447,8 +448,16 @@ def make_guest(root: str, *, distro: str, version: str, devices: Iterable[dict[s
     for name in names:
         _write_stub(sim, name)
     if real_userland:
+        # In /usr/local/sbin, first on the default PATH of systemd's services, cloud-init and
+        # login shells: every program of the guest finds the simulated silicon and kernel.
+        sbin = os.path.join(root, 'usr', 'local', 'sbin')
+        os.makedirs(sbin, exist_ok=True)
+        for name in names:
+            link = os.path.join(sbin, name)
+            if not os.path.lexists(link):
+                os.symlink(os.path.join(sim, 'bin', name), link)
         return {
-            'PATH': '%s:%s' % (bindir, REAL_PATH),
+            'PATH': REAL_PATH,
             'HEAT_GPU_ROOT': '',
             'HEAT_GPU_SIM': sim,
             'LC_ALL': 'C.UTF-8',

@@ -25,9 +25,8 @@ its own (so nothing stays mounted when it ends) it
   a seed, ``/var/lib/cloud/seed/config_drive``;
 - gives the instance what an image of an air-gapped cloud holds to reach its package mirror
   (``mirror.py``): the mirror's CA and, for Debian-family images, the distribution repository;
-- installs the GPU simulator (``tools/gpusim``) with exactly the PCI devices nova assigned (its
-  commands for the silicon and the kernel are first on the guest's ``PATH``, in
-  ``/usr/local/sbin``);
+- installs the GPU simulator (``tools/gpusim``) with exactly the PCI devices nova assigned (it
+  puts its commands for the silicon and the kernel in ``/usr/local/sbin``);
 - boots the guest's own systemd (``systemd-nspawn --boot``: own pid, mount, IPC and UTS
   namespaces, the host's network, as a VM on the cloud's network reaches Keystone, Heat and the
   mirror). systemd starts cloud-init's four units and the units the guest enabled. A reboot in the
@@ -60,8 +59,6 @@ FAULTS_METADATA_KEY = 'heat_gpu_sim_faults'
 NS_MARK = 'HEAT_GPU_GUEST_MOUNT_NS'
 
 GUEST_GPUSIM = 'usr/lib/gpusim'
-#: On the default PATH of systemd's services and of cloud-init, before the guest's own commands.
-STUB_DIR = 'usr/local/sbin'
 SEED = 'var/lib/cloud/seed/config_drive'
 #: systemd-nspawn's exit status when the container rebooted.
 REBOOT_STATUS = 133
@@ -134,10 +131,7 @@ class Machine:
         if self.mirror_dir:
             files = mirror.guest_files(self.mirror_dir, url=self.mirror_url,
                                        distro=boot['distro'], version=boot['version'])
-            for rel, data in files.items():
-                os.makedirs(os.path.dirname(self.path(rel)), exist_ok=True)
-                with open(self.path(rel), 'wb') as f:
-                    f.write(data)
+            gpusim.write_tree(self.mnt, {rel: (data, 0o644) for rel, data in files.items()})
         sim = self.path(GUEST_GPUSIM)
         os.makedirs(sim, exist_ok=True)
         shutil.copyfile(GPUSIM, os.path.join(sim, 'gpusim.py'))
@@ -171,12 +165,6 @@ class Machine:
         for fault in boot['faults']:
             argv += ['--fault', fault]
         self._in_guest(argv)
-        stubs = self.path('.gpusim/bin')
-        os.makedirs(self.path(STUB_DIR), exist_ok=True)
-        for name in sorted(os.listdir(stubs)):
-            link = self.path('%s/%s' % (STUB_DIR, name))
-            if not os.path.lexists(link):
-                os.symlink('/.gpusim/bin/' + name, link)
 
     def boot(self) -> int:
         """Boot the guest's systemd; return systemd-nspawn's exit status."""

@@ -210,7 +210,6 @@ class FakeGpuDriver(fake.FakeDriver):
                 'heat_gpu_prebaked': prop('heat_gpu_prebaked'),
             },
             'metadata': dict(instance.metadata or {}),
-            'user_data': instance.user_data,
             'pci_devices': self._assigned_devices(instance),
             'destroyed': False,
         }
