@@ -41,7 +41,9 @@ PACKAGES = ('systemd', 'systemd-sysv', 'dbus', 'cloud-init', 'python3', 'ca-cert
 
 #: cloud-init's settings of the image (a file in cloud.cfg.d, as image builders add one): the
 #: datasources nova's config drive and the NoCloud seed are read by, and the modules that need a
-#: block device or an SSH server the instance does not have turned off.
+#: block device or an SSH server the instance does not have turned off. The instance shares the
+#: host's network namespace, so cloud-init must never apply the config drive's network_data.json
+#: (it would rename, address or bring down the host's interfaces).
 CLOUD_CFG = {
     'datasource_list': ['ConfigDrive', 'NoCloud', 'None'],
     'resize_rootfs': False,
@@ -49,6 +51,7 @@ CLOUD_CFG = {
     'ssh_genkeytypes': [],
     'locale': 'C.UTF-8',
     'manage_etc_hosts': False,
+    'network': {'config': 'disabled'},
 }
 CLOUD_CFG_PATH = 'etc/cloud/cloud.cfg.d/90-heat-gpu-localcloud.cfg'
 
