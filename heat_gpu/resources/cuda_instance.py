@@ -13,6 +13,7 @@
 
 """OS::GPU::CudaInstance: a Nova server on a GPU flavor that installs and proves CUDA."""
 
+import base64
 import collections.abc
 import dataclasses
 import datetime
@@ -272,8 +273,13 @@ class CudaInstance(_Server):
         super().validate()
         self._validate_download_settings()
         self._validate_tenant_cloud_config()
-        if self.properties[self.FLAVOR]:
-            self._gpu_request(missing_flavor_ok=True)
+        request = (self._gpu_request(missing_flavor_ok=True) if self.properties[self.FLAVOR]
+                   else None)
+        tenant_user_data = self.properties[self.USER_DATA]
+        # A software config's id is read at create (and checked there, before the boot).
+        if request is not None and not uuidutils.is_uuid_like(tenant_user_data or ''):
+            self._check_user_data_size(request, tenant_user_data or None,
+                                       self._signal_target(placeholder=True))
 
     def handle_create(self) -> _BootWait:
         request = self._gpu_request(missing_flavor_ok=False)
@@ -289,8 +295,8 @@ class CudaInstance(_Server):
         tenant_user_data = self.properties[self.USER_DATA]
         if tenant_user_data and uuidutils.is_uuid_like(tenant_user_data):
             tenant_user_data = self.get_software_config(tenant_user_data)
-        user_data = userdata.build_user_data(settings=self._settings(request),
-                                             tenant_user_data=tenant_user_data or None)
+        signal = self._signal_target()
+        user_data = self._check_user_data_size(request, tenant_user_data or None, signal)
         timeout = self._bootstrap_timeout()
         deadline = timeutils.utcnow() + datetime.timedelta(seconds=timeout)
         with overlay.properties_overridden(self, {self.USER_DATA: user_data}):
@@ -538,8 +544,24 @@ class CudaInstance(_Server):
     def _bootstrap_timeout(self) -> int:
         return int(self._setting(self.BOOTSTRAP_TIMEOUT, 'bootstrap_timeout'))
 
-    def _signal_target(self) -> dict:
-        """HEAT_SIGNAL credentials of this resource's stack user (the polling user)."""
+    def _signal_target(self, *, placeholder: bool = False) -> dict:
+        """HEAT_SIGNAL credentials of this resource's stack user (the polling user).
+
+        ``placeholder``: values as long as the ones the create will have, for measuring the user
+        data before the stack user exists (keystone ids are up to 64 characters, heat's
+        generated passwords 32).
+        """
+        if placeholder:
+            return {
+                'transport': 'HEAT_SIGNAL',
+                'auth_url': self.context.auth_url or 'https://keystone.example.com:5000/v3',
+                'user_id': 'u' * 64,
+                'password': 'p' * 32,
+                'project_id': 'p' * 64,
+                'stack_id': '%s/%s' % (self.stack.name, 'i' * 36),
+                'resource_name': self.name,
+                'region_name': self._get_region_name(),
+            }
         return {
             'transport': 'HEAT_SIGNAL',
             'auth_url': self.keystone().server_keystone_endpoint_url(
@@ -552,10 +574,59 @@ class CudaInstance(_Server):
             'region_name': self._get_region_name(),
         }
 
-    def _settings(self, request: gpu_request.GpuRequest) -> dict:
+    def _encoded_user_data_size(self, user_data: str, signal: dict) -> int:
+        """Bytes of the base64 user data nova gets: *user_data* inside heat's own multipart.
+
+        Heat's SOFTWARE_CONFIG format adds its cloud-config, boot hook and part handler, and the
+        server's metadata (the polling credentials of *signal* among it) as cfn-init-data.
+        """
+        metadata = dict(self.t.metadata() or {})
+        metadata.setdefault('deployments', [])
+        metadata['os-collect-config'] = {
+            'collectors': ['heat'],
+            'heat': {k: v for k, v in signal.items() if k != 'transport'}}
+        blob = self.client_plugin().build_userdata(
+            metadata, user_data, instance_user=None, user_data_format=self.SOFTWARE_CONFIG)
+        return len(base64.b64encode(blob.encode('utf-8')))
+
+    def _check_user_data_size(self, request: gpu_request.GpuRequest,
+                              tenant_user_data: Optional[str], signal: dict) -> str:
+        """The user data this instance boots with; StackValidationFailed when nova refuses it."""
+        settings = self._settings(request, signal=signal)
+        user_data = userdata.build_user_data(settings=settings, tenant_user_data=tenant_user_data)
+        size = self._encoded_user_data_size(user_data, signal)
+        limit = userdata.NOVA_USER_DATA_LIMIT
+        if size <= limit:
+            return user_data
+        ours = self._encoded_user_data_size(userdata.build_user_data(settings=settings), signal)
+        tenant = tenant_user_data or ''
+        tenant_bytes = len(tenant.encode('utf-8'))
+        first = tenant.strip().split('\n', 1)[0]
+        shown = repr(first[:60] + ('...' if len(first) > 60 else ''))
+        if ours >= limit or not tenant_bytes:
+            fits = ('no user_data fits: the boot script and heat\'s parts alone take %d bytes '
+                    '(the resource\'s metadata goes into the user data too; keep it small)'
+                    % ours)
+        else:
+            # The tenant's part grows as it did here (base64, MIME headers) when it shrinks.
+            most = tenant_bytes * (limit - ours) // (size - ours)
+            fits = 'a user_data of at most about %d bytes here' % most
+        raise exception.StackValidationFailed(
+            resource=self,
+            message='Invalid value %s (%d bytes) for user_data: with the boot script, its '
+                    'files and heat\'s own parts the user data would be %d bytes once '
+                    'base64-encoded, and nova accepts at most %d (its API\'s limit on '
+                    'user_data). Accepted: %s. Put large files into the image, deliver them '
+                    'with an OS::Heat::SoftwareConfig and OS::Heat::SoftwareDeployment (they '
+                    'reach the server through the Heat API, not the user data), or fetch them '
+                    'at boot (e.g. a script that downloads them).'
+                    % (shown, tenant_bytes, size, limit, fits))
+
+    def _settings(self, request: gpu_request.GpuRequest, *,
+                  signal: Optional[dict] = None) -> dict:
         model = self._model(request)
         return {
-            'signal': self._signal_target(),
+            'signal': signal if signal is not None else self._signal_target(),
             'cuda_version': self._setting(self.CUDA_VERSION, 'default_cuda_version'),
             'driver_branch': self._setting(self.DRIVER_BRANCH, 'default_driver_branch'),
             'install_method': self.properties[self.INSTALL_METHOD],

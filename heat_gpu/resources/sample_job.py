@@ -29,6 +29,7 @@ from heat.engine import properties
 from heat.engine import resource
 from heat.engine.resources.openstack.heat import software_deployment
 from heat.engine import support
+from heat.objects import resource as resource_objects
 from heat.rpc import api as rpc_api
 
 from heat_gpu import config
@@ -147,13 +148,47 @@ class SampleJob(_Deployment):
         except gpu_exception.HeatGpuError as ex:
             raise exception.StackValidationFailed(resource=self, message=str(ex))
         instance = self.properties[self.INSTANCE]
-        target = self.stack.resource_by_refid(instance) if instance else None
-        if target is not None and target.properties.get('user_data_format') != 'SOFTWARE_CONFIG':
+        if not instance:  # e.g. a get_attr of a resource not created yet
+            return
+        target = self.stack.resource_by_refid(instance)
+        if target is None:
+            self._validate_foreign_server(instance)
+        elif target.properties.get('user_data_format') != 'SOFTWARE_CONFIG':
             raise exception.StackValidationFailed(
                 resource=self,
                 message='Invalid value %r for instance: %s has user_data_format %s; an '
                         'OS::GPU::CudaInstance or a server with SOFTWARE_CONFIG is accepted.'
                         % (instance, target.name, target.properties.get('user_data_format')))
+
+    def _validate_foreign_server(self, instance: str) -> None:
+        """A server ID from outside this stack must be a server heat made for software configs.
+
+        Heat delivers a deployment through the metadata of the server's own heat resource (and
+        the agent polls that with its stack user's credentials): a server heat does not manage,
+        or a name, never gets the job, which would only time out.
+        """
+        accepted = ('Accepted: an OS::GPU::CudaInstance of this stack ({get_resource: <name>}) '
+                    'or the ID of a server that an OS::GPU::CudaInstance (or an OS::Nova::Server '
+                    'with user_data_format SOFTWARE_CONFIG) of one of your stacks created.')
+        rows = resource_objects.Resource.get_all_by_physical_resource_id(self.context, instance)
+        for row in rows:
+            if 'os-collect-config' in (row.rsrc_metadata or {}):
+                return
+        if rows:
+            problem = ('server %s of resource %s was not made with user_data_format '
+                       'SOFTWARE_CONFIG, so nothing on it fetches the job'
+                       % (instance, rows[0].name))
+        else:
+            try:
+                server = self.client_plugin('nova').get_server(instance)
+            except exception.EntityNotFound:
+                problem = 'no server has this ID'
+            else:
+                problem = ('server %s (%s) was not created by heat, so heat cannot deliver the '
+                           'job to it' % (getattr(server, 'name', instance), instance))
+        raise exception.StackValidationFailed(
+            resource=self,
+            message='Invalid value %r for instance: %s. %s' % (instance, problem, accepted))
 
     def handle_create(self) -> _JobWait:
         super().handle_create()

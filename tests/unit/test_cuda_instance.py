@@ -716,6 +716,75 @@ class CudaInstanceBadInputTest(CudaInstanceTestBase):
         self.create.assert_not_called()
 
 
+class CudaInstanceUserDataSizeTest(CudaInstanceTestBase):
+    """User data nova would refuse is refused at validate: its size, the limit, a way out."""
+
+    @staticmethod
+    def _script(size: int, fill: str = 'x') -> str:
+        head = '#!/bin/sh\n# payload\n'
+        return head + fill * (size - len(head.encode('utf-8'))) + '\n'
+
+    def test_too_large_user_data_is_refused_at_validate(self):
+        stack = self._stack(user_data=self._script(70000))
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        message = str(exc)
+        self.assertIn("Invalid value '#!/bin/sh' (70001 bytes) for user_data", message)
+        self.assertIn('once base64-encoded, and nova accepts at most 65535', message)
+        self.assertRegex(message, r'Accepted: a user_data of at most about \d+ bytes here')
+        self.assertIn('OS::Heat::SoftwareDeployment', message)
+        self.assertIn('into the image', message)
+        self.create.assert_not_called()
+
+    def test_validate_measures_what_create_sends(self):
+        """The limit validate names is the one the create would reach, within a few bytes."""
+        stack = self._stack(user_data=self._script(100))
+        rsrc = stack['gpu_vm']
+        self.assertIsNone(rsrc.validate())
+        big = self._stack(stack_name='big', user_data=self._script(70000))
+        exc = self.assertRaises(exception.StackValidationFailed, big['gpu_vm'].validate)
+        most = int(str(exc).split('at most about ')[1].split(' ')[0])
+        # Just under what validate accepts passes validate and the create, and nova takes it.
+        stack = self._stack(stack_name='fits', user_data=self._script(most - 200))
+        self.assertIsNone(stack['gpu_vm'].validate())
+        stack, rsrc, runner = self._start(stack_name='created', user_data=self._script(most - 200))
+        self.addCleanup(runner.cancel)
+        sent = self.create.call_args.kwargs['userdata']
+        self.assertLessEqual(len(base64.b64encode(sent.encode('utf-8'))), NOVA_USER_DATA_LIMIT)
+        # Just over is refused.
+        stack = self._stack(stack_name='over', user_data=self._script(most + 200))
+        self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+
+    def test_non_ascii_user_data_counts_as_heat_encodes_it(self):
+        # Heat base64-encodes a non-ASCII part inside its multipart: 6500 bytes of 2-byte UTF-8
+        # characters are over the limit although 6500 bytes of ASCII are not.
+        ascii_stack = self._stack(user_data=self._script(6500))
+        self.assertIsNone(ascii_stack['gpu_vm'].validate())
+        stack = self._stack(stack_name='utf8', user_data=self._script(3250 + 10, fill='\u00e9'))
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('for user_data', str(exc))
+
+    def test_create_checks_before_the_boot(self):
+        """A software config's content is known only at create: refused there, never booted."""
+        stack = self._stack(user_data='5a8f3c2e-1d4b-4c6a-9e7f-0b1c2d3e4f5a')
+        rsrc = stack['gpu_vm']
+        self.patchobject(cuda_instance.CudaInstance, 'get_software_config',
+                         return_value=self._script(70000))
+        self.assertIsNone(rsrc.validate())
+        exc = self.assertRaises(exception.ResourceFailure, scheduler.TaskRunner(rsrc.create))
+        self.assertIn('for user_data', str(exc))
+        self.assertIn('nova accepts at most 65535', str(exc))
+        self.create.assert_not_called()
+        self.assertIsNone(rsrc.resource_id)
+
+    def test_large_metadata_leaves_no_room(self):
+        tmpl = template_format.parse(TEMPLATE)
+        tmpl['resources']['gpu_vm']['metadata'] = {'blob': 'm' * 60000}
+        stack = utils.parse_stack(tmpl, stack_name='meta')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn('no user_data fits', str(exc))
+        self.assertIn("resource's metadata", str(exc))
+
+
 class CudaInstanceGoodInputTest(CudaInstanceTestBase):
 
     def test_cloud_config_and_mirror_with_port_pass(self):

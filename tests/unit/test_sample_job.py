@@ -280,6 +280,48 @@ class SampleJobTest(common.HeatTestCase):
         self.assertIn('stream', str(exc))
         self.assertIn('device_query', str(exc))
 
+    def _foreign_job(self, instance):
+        """A stack of only a SampleJob whose instance is *instance* (a literal)."""
+        tmpl = template_format.parse(TEMPLATE)
+        del tmpl['resources']['gpu_vm']
+        tmpl['resources']['samples']['properties']['instance'] = instance
+        return utils.parse_stack(tmpl, stack_name='foreign-job')
+
+    def test_instance_naming_no_server_is_refused_at_validate(self):
+        self.patchobject(nova.NovaClientPlugin, 'get_server', side_effect=exception.EntityNotFound(
+            entity='Server', name='no-such-server'))
+        stack = self._foreign_job('no-such-server')
+        exc = self.assertRaises(exception.StackValidationFailed, stack['samples'].validate)
+        self.assertIn("Invalid value 'no-such-server' for instance: no server has this ID.",
+                      str(exc))
+        self.assertIn('Accepted: an OS::GPU::CudaInstance of this stack ({get_resource: <name>})',
+                      str(exc))
+
+    def test_server_heat_does_not_manage_is_refused(self):
+        self.server.name = 'hand-made'
+        stack = self._foreign_job(self.server.id)
+        exc = self.assertRaises(exception.StackValidationFailed, stack['samples'].validate)
+        self.assertIn("Invalid value '%s' for instance: server hand-made (%s) was not created by "
+                      "heat" % (self.server.id, self.server.id), str(exc))
+        self.assertIn('user_data_format SOFTWARE_CONFIG', str(exc))
+
+    def test_instance_of_this_stack_validates_before_it_exists(self):
+        stack = utils.parse_stack(template_format.parse(TEMPLATE), stack_name='not-yet')
+        get_server = self.patchobject(nova.NovaClientPlugin, 'get_server')
+        self.assertIsNone(stack['samples'].validate())
+        get_server.assert_not_called()
+
+    def test_cuda_instance_of_another_stack_is_accepted(self):
+        vm_stack = self._stack()
+        server_id = vm_stack['gpu_vm'].resource_id
+        stack = self._foreign_job(server_id)
+        self.assertIsNone(stack['samples'].validate())
+        # The same server without heat's polling metadata (not SOFTWARE_CONFIG) is refused.
+        vm_stack['gpu_vm'].metadata_set({})
+        exc = self.assertRaises(exception.StackValidationFailed, stack['samples'].validate)
+        self.assertIn('of resource gpu_vm was not made with user_data_format SOFTWARE_CONFIG',
+                      str(exc))
+
     def test_delete_removes_deployment_and_user(self):
         stack = self._stack()
         job, runner = self._start_job(stack)
