@@ -21,6 +21,7 @@ installed as ``make_guest('/', real_userland=True)`` installs it.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,42 @@ class TestBuild(testtools.TestCase):
         headers = os.listdir(os.path.join(www, 'distro', 'debian12'))
         self.assertIn('linux-headers-%s_6.1.0-1_amd64.deb' % gpusim.DISTROS['debian']['12'][1],
                       headers)
+
+    def test_debian_packages_and_the_pypi_index(self) -> None:
+        self.assertTrue(mirror.build(self.dir, log=lambda m: None))
+        www = os.path.join(self.dir, 'www')
+        with open(os.path.join(www, 'distro', 'debian12', 'Packages'), encoding='utf-8') as f:
+            packages = f.read()
+        # Debian's own packages with Debian's control fields, next to the simulated headers.
+        for name in mirror.DEBIAN_PACKAGES:
+            self.assertIn('\nPackage: %s\n' % name, '\n' + packages)
+        self.assertRegex(packages, r'Package: python3-venv\n(.+\n)*Maintainer: .*@.*debian\.org')
+        self.assertRegex(packages, r'Package: python3.11-venv\n(.+\n)*Depends: .*python3.11 \(= ')
+        # The PEP 503 index: one page per project, links with the wheel's hash.
+        with open(os.path.join(www, 'pypi', 'simple', 'index.html'), encoding='utf-8') as f:
+            self.assertIn('<a href="jupyterlab/">jupyterlab</a>', f.read())
+        with open(os.path.join(www, 'pypi', 'simple', 'jupyterlab', 'index.html'),
+                  encoding='utf-8') as f:
+            page = f.read()
+        pin = next(r for r in mirror.PYPI_REQUIREMENTS if r.startswith('jupyterlab=='))
+        wheel = 'jupyterlab-%s-py3-none-any.whl' % pin.split('==')[1]
+        self.assertRegex(page, r'href="../../files/%s#sha256=[0-9a-f]{64}"' % re.escape(wheel))
+        files = os.listdir(os.path.join(www, 'pypi', 'files'))
+        self.assertIn(wheel, files)
+        self.assertTrue(all(f.endswith('.whl') for f in files), files)
+        # Binary wheels for the guest's CPython 3.11 on x86_64 only.
+        for f in files:
+            python, abi, platform = f[:-len('.whl')].split('-')[-3:]
+            self.assertLessEqual(set(abi.split('.')), {'none', 'abi3', 'cp311'}, f)
+            self.assertTrue(all(p == 'any' or p.startswith('manylinux') and
+                                p.endswith('_x86_64') for p in platform.split('.')), f)
+            self.assertTrue(all(re.fullmatch(r'py3\d*|py2|cp3\d*', p) and
+                                (not p.startswith('cp') or int(p[2:]) <= 311)
+                                for p in python.split('.')), f)
+        conf = mirror.guest_files(self.dir, url='https://127.0.0.1:1/', distro='debian',
+                                  version='12')[mirror.GUEST_PIP_CONF].decode()
+        self.assertIn('index-url = https://127.0.0.1:1/pypi/simple/\n', conf)
+        self.assertIn('cert = /etc/ssl/certs/ca-certificates.crt\n', conf)
 
     def test_the_boot_scripts_repositories(self) -> None:
         self.assertEqual({'ubuntu2004': ('11.0', '12.9'), 'ubuntu2204': ('11.7', '99.9'),
@@ -264,6 +301,26 @@ class TestInTheGuestRoot(testtools.TestCase):
         self.assertEqual(100, r.returncode, r.stdout + r.stderr)
         self.assertIn('NO_PUBKEY', r.stderr)
         self.assertIn('is not signed', r.stderr)
+
+    def test_a_virtualenv_with_jupyterlab_from_the_mirror(self) -> None:
+        # What hot/scripts/jupyter.sh needs: Debian's venv packages from the distribution
+        # repository, then pip (in the venv, with the image's pip.conf) from the PyPI index.
+        g = self.guest()
+        r = self.run_in(g, 'apt-get update -q\n'
+                        'apt-get install -y -q python3-venv\n'
+                        'python3 -m venv /opt/venv\n'
+                        '/opt/venv/bin/pip install -q --upgrade pip\n'
+                        '/opt/venv/bin/pip --version\n'
+                        '/opt/venv/bin/pip download -q --no-deps -d /tmp/w jupyterlab\n'
+                        'ls /tmp/w\n')
+        self.assertEqual(0, r.returncode, r.stdout + r.stderr)
+        self.assertIn('Setting up python3.11-venv', r.stdout)
+        pin = next(x for x in mirror.PYPI_REQUIREMENTS if x.startswith('jupyterlab=='))
+        self.assertIn('jupyterlab-%s-py3-none-any.whl' % pin.split('==')[1], r.stdout)
+        log = self.access_log()
+        self.assertIn('/pypi/simple/jupyterlab/', [e['path'] for e in log if e['status'] == 200])
+        self.assertTrue(any(e['path'].startswith('/distro/debian12/') and 'python3-venv_'
+                            in e['path'] and e['status'] == 200 for e in log))
 
     def test_package_downloads_that_fail(self) -> None:
         g = self.guest()

@@ -24,9 +24,16 @@ signatures (a GnuPG key of the mirror's own: the boot script trusts it through
 Simulated: what the packages install, because the GPU and the guest's kernel are. A driver
 package ships ``nvidia-smi`` as a launcher of the GPU simulator's (``tools/gpusim``) and its
 maintainer scripts tell the simulator that the kernel modules are built (as dkms would for a real
-kernel); a toolkit package ships the simulator's ``nvcc``. The distribution repository holds only
+kernel); a toolkit package ships the simulator's ``nvcc``. The distribution repository holds
 ``linux-headers-<kernel>`` for the simulator's kernels (the guest's ``uname -r``): tiny packages,
-as no real headers exist for a simulated kernel.
+as no real headers exist for a simulated kernel; and Debian's own packages a Debian cloud image
+lacks for a Python virtualenv (``DEBIAN_PACKAGES`` and what apt says they need beyond the guest
+root), fetched from Debian with the host's apt when the mirror is built.
+
+``/pypi/simple/`` is a PyPI-style simple index (PEP 503) of the real wheels ``pip download``
+fetches for the guest's Python (``PYPI_REQUIREMENTS``: JupyterLab and pip), as an air-gapped
+cloud's PyPI mirror holds them. The downloads are cached outside the checkout (the guest root's
+cache) under the hash of what was asked, so only the first build fetches them.
 
 Fault variants (``FAULTS``) are served under ``/faults/<name>/``: an instance whose ``mirror_url``
 ends so meets the fault. A path under ``/tag/<tag>/`` is the path without that prefix, logged with
@@ -64,11 +71,12 @@ if REPO not in sys.path:  # run as a script: this directory is sys.path[0]
 
 from heat_gpu import cuda  # noqa: E402  (needs the checkout on sys.path when run as a script)
 from tools.gpusim import gpusim  # noqa: E402
+from tools.localcloud import guestroot  # noqa: E402
 
 BOOTSTRAP = os.path.join(REPO, 'heat_gpu', 'guest', 'bootstrap.sh')
 
 #: Bumped when the layout changes in a way the package specifications do not show.
-FORMAT = 1
+FORMAT = 2
 #: The mtime of every file in the packages (dpkg-deb's SOURCE_DATE_EPOCH), so they are reproducible.
 SOURCE_DATE_EPOCH = '1735689600'
 MAINTAINER = 'heat-gpu local cloud <mirror@localcloud.invalid>'
@@ -93,6 +101,23 @@ TAMPERED_TAIL = b'# truncated by a broken proxy\n'
 GUEST_CA = 'usr/local/share/ca-certificates/heat-gpu-localcloud-mirror.crt'
 GUEST_DISTRO_KEYRING = 'usr/share/keyrings/heat-gpu-localcloud-distro.gpg'
 GUEST_DISTRO_LIST = 'etc/apt/sources.list.d/heat-gpu-localcloud-distro.list'
+#: pip's site-wide configuration (read in every virtualenv too): the mirror's index, trusted
+#: through the system's CA store, which holds the mirror's CA (pip's own bundle does not).
+GUEST_PIP_CONF = 'etc/pip.conf'
+GUEST_CA_STORE = '/etc/ssl/certs/ca-certificates.crt'
+
+#: Debian's packages the distribution repositories add to the guest root for ``python3 -m venv``
+#: (Debian's python3 has no ensurepip without them): with what apt resolves them to against the
+#: guest root's installed packages (recommends included, as a plain ``apt-get install``).
+DEBIAN_PACKAGES = ('python3-venv', 'python3.11-venv', 'python3-pip-whl',
+                   'python3-setuptools-whl')
+#: What the PyPI index holds: these and their dependencies, binary wheels only. The one place
+#: JupyterLab's version is chosen (hot/scripts/jupyter.sh installs whatever the index holds).
+PYPI_REQUIREMENTS = ('jupyterlab==4.6.6', 'pip')
+#: The guest's interpreter and C library (Debian 12): the wheels pip downloads must fit them.
+GUEST_PYTHON = '3.11'
+GUEST_GLIBC = (2, 36)
+PYPI_PATH = 'pypi'
 #: The cuda-keyring package, as NVIDIA names its files.
 KEYRING_DEB = cuda.KEYRING_PACKAGE
 KEYRING_FILE = '/' + gpusim.KEYRING_PATH
@@ -133,6 +158,25 @@ class Package:
 
     def spec_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclasses.dataclass
+class DebianDeb:
+    """A real .deb of Debian's, downloaded by apt (``debian_debs``): served as it is."""
+
+    path: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return os.path.basename(self.path)
+
+    def spec(self) -> dict:
+        return {'debian': self.filename, 'sha256': self.sha256}
+
+    def control(self) -> str:
+        text = _run(['dpkg-deb', '--field', self.path]).stdout.decode('utf-8')
+        return text if text.endswith('\n') else text + '\n'
 
 
 def _bootstrap_repos() -> list[tuple[str, str, str, str]]:
@@ -303,6 +347,154 @@ def headers_package(kernel: str) -> Package:
 
 
 # ---------------------------------------------------------------------------------------------
+# Debian's packages and PyPI's wheels, downloaded once into the cache
+# ---------------------------------------------------------------------------------------------
+
+MANIFEST = 'manifest.json'
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _downloaded(kind: str, key: dict, fetch, *, log) -> dict[str, str]:
+    """File path -> sha256 of what *fetch* (called with an empty directory) downloads.
+
+    Kept in the cache (``<cache>/<kind>/<hash of key>``): fetched only when that is missing.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(guestroot.cache_dir(), kind, digest)
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.isfile(manifest):
+                tmp = path + '.tmp'
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(tmp)
+                t0 = time.monotonic()
+                fetch(tmp)
+                files = {n: _sha256(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
+                if not files:
+                    raise RuntimeError('mirror: nothing downloaded for %s' % kind)
+                with open(os.path.join(tmp, MANIFEST), 'w', encoding='utf-8') as f:
+                    json.dump({'key': key, 'files': files}, f, indent=1, sort_keys=True)
+                size = sum(os.path.getsize(os.path.join(tmp, n)) for n in files)
+                shutil.rmtree(path, ignore_errors=True)
+                os.rename(tmp, path)
+                log('mirror: downloaded %d %s files (%.1f MB) in %.1f s into %s' % (
+                    len(files), kind, size / 1e6, time.monotonic() - t0, path))
+    with open(manifest, encoding='utf-8') as f:
+        files = json.load(f)['files']
+    return {os.path.join(path, n): h for n, h in files.items()}
+
+
+def _apt_env() -> dict:
+    return {**os.environ, 'LC_ALL': 'C.UTF-8', 'DEBIAN_FRONTEND': 'noninteractive'}
+
+
+def debian_debs(*, log=print) -> list[DebianDeb]:
+    """Debian's .debs of ``DEBIAN_PACKAGES`` and what they need beyond the guest root.
+
+    apt on this host resolves them against the guest root's installed packages (its dpkg
+    status) from the host's Debian sources and downloads exactly those versions.
+    """
+    root = guestroot.build(log=log)
+    key = {'packages': DEBIAN_PACKAGES, 'root': os.path.basename(root)}
+
+    def fetch(tmp: str) -> None:
+        status = os.path.join(root, 'var', 'lib', 'dpkg', 'status')
+        try:
+            sim = _run(['apt-get', '-s', '-q', '-o', 'Dir::State::status=%s' % status,
+                        '-o', 'APT::Install-Recommends=true', 'install', *DEBIAN_PACKAGES],
+                       env=_apt_env())
+        except RuntimeError as exc:
+            raise RuntimeError('%s\n(apt on this host resolves Debian 12 packages for the guest '
+                               'root: it needs Debian 12 sources and apt-get update)' % exc)
+        wanted = re.findall(r'^Inst (\S+) \((\S+) ', sim.stdout.decode(), re.M)
+        if not wanted:
+            raise RuntimeError('mirror: apt resolved nothing to install for %s'
+                               % ' '.join(DEBIAN_PACKAGES))
+        _run(['apt-get', 'download', '-q', *('%s=%s' % w for w in wanted)], cwd=tmp,
+             env=_apt_env())
+
+    files = _downloaded('debian-debs', key, fetch, log=log)
+    return [DebianDeb(path, sha) for path, sha in sorted(files.items())]
+
+
+def _pip_platforms() -> list[str]:
+    """manylinux tags the guest's C library runs (pip does not expand ``manylinux_2_X`` itself)."""
+    major, minor = GUEST_GLIBC
+    return ['manylinux_%d_%d_x86_64' % (major, m) for m in range(minor, 4, -1)] + [
+        'manylinux2014_x86_64', 'manylinux2010_x86_64', 'manylinux1_x86_64']
+
+
+def pypi_wheels(*, log=print) -> dict[str, str]:
+    """Wheel path -> sha256: ``pip download`` of ``PYPI_REQUIREMENTS`` for the guest's Python."""
+    abi = 'cp' + GUEST_PYTHON.replace('.', '')
+    platforms = _pip_platforms()
+    key = {'requirements': PYPI_REQUIREMENTS, 'python': GUEST_PYTHON, 'platforms': platforms}
+
+    def fetch(tmp: str) -> None:
+        argv = [sys.executable, '-m', 'pip', 'download', '-q', '--disable-pip-version-check',
+                '--only-binary=:all:', '--python-version', GUEST_PYTHON, '--implementation',
+                'cp', '--abi', abi, '--abi', 'abi3', '--abi', 'none', '--dest', tmp]
+        for platform in platforms:
+            argv += ['--platform', platform]
+        _run(argv + list(PYPI_REQUIREMENTS))
+        stray = [n for n in os.listdir(tmp) if not n.endswith('.whl')]
+        if stray:
+            raise RuntimeError('mirror: pip download left files that are no wheels: %s' % stray)
+
+    return _downloaded('pypi-wheels', key, fetch, log=log)
+
+
+def project_name(wheel: str) -> str:
+    """The normalised project name (PEP 503) of a wheel's file name."""
+    return re.sub(r'[-_.]+', '-', os.path.basename(wheel).split('-')[0]).lower()
+
+
+def _write_pypi(directory: str, wheels: dict[str, str]) -> None:
+    """A PEP 503 simple index under *directory*: ``simple/<project>/``, the wheels in ``files/``."""
+    files = os.path.join(directory, 'files')
+    os.makedirs(files)
+    projects: dict = {}
+    for path, sha in sorted(wheels.items()):
+        name = os.path.basename(path)
+        _link(path, os.path.join(files, name))
+        projects.setdefault(project_name(name), []).append((name, sha))
+
+    def page(title: str, links: list[tuple[str, str]]) -> bytes:
+        body = ''.join('<a href="%s">%s</a><br>\n' % (href, text) for href, text in links)
+        return ('<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" '
+                'content="1.0"><title>%s</title></head><body>\n%s</body></html>\n'
+                % (title, body)).encode()
+
+    simple = os.path.join(directory, 'simple')
+    os.makedirs(simple)
+    with open(os.path.join(simple, 'index.html'), 'wb') as f:
+        f.write(page('Simple index', [('%s/' % p, p) for p in sorted(projects)]))
+    for project, found in projects.items():
+        os.makedirs(os.path.join(simple, project))
+        with open(os.path.join(simple, project, 'index.html'), 'wb') as f:
+            f.write(page('Links for %s' % project,
+                         [('../../files/%s#sha256=%s' % (n, sha), n) for n, sha in found]))
+
+
+def _link(src: str, dst: str) -> None:
+    """A hard link (the cache and the mirror share a file system), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# ---------------------------------------------------------------------------------------------
 # Keys, certificates, .debs, indexes
 # ---------------------------------------------------------------------------------------------
 
@@ -467,9 +659,10 @@ def _write_repo(directory: str, pkgs: list[Package], debs: list[str], *, home: s
     stanzas = []
     for pkg, deb in sorted(zip(pkgs, debs), key=lambda x: os.path.basename(x[1])):
         name = os.path.basename(deb)
-        os.link(deb, os.path.join(directory, name))
+        _link(deb, os.path.join(directory, name))
         extra = {'Filename': './' + name, 'Size': str(os.path.getsize(deb)), **_digests(deb)}
-        stanzas.append(_control(pkg) + ''.join('%s: %s\n' % kv for kv in extra.items()))
+        control = pkg.control() if isinstance(pkg, DebianDeb) else _control(pkg)
+        stanzas.append(control + ''.join('%s: %s\n' % kv for kv in extra.items()))
     packages = '\n'.join(stanzas).encode('utf-8')
     with open(os.path.join(directory, 'Packages'), 'wb') as f:
         f.write(packages)
@@ -503,11 +696,12 @@ def _sign(directory: str, *, home: str, out: str) -> None:
 # build
 # ---------------------------------------------------------------------------------------------
 
-def _plan(mirror_dir: str) -> dict:
+def _plan(mirror_dir: str, *, log=print) -> dict:
     """Every repository of the mirror and what it holds (paths under www/)."""
     keyring = _export(_key_home(mirror_dir))
     other = _export(_other_key_home(mirror_dir))
-    plan: dict = {'repos': {}, 'keyrings': {}, 'files': {}}
+    debian = debian_debs(log=log)
+    plan: dict = {'repos': {}, 'keyrings': {}, 'files': {}, 'pypi': pypi_wheels(log=log)}
     for repo, (lo, hi) in debian_repos().items():
         base = 'compute/cuda/repos/%s/x86_64' % repo
         plan['repos'][base] = ('NVIDIA', repo_packages(lo, hi) + [keyring_package(repo, keyring)])
@@ -515,8 +709,9 @@ def _plan(mirror_dir: str) -> dict:
             keyring_package(repo, other)
         kernels = _kernels(repo)
         if kernels:
+            # Every Debian-family image boots the Debian 12 root: Debian's packages fit them all.
             plan['repos']['distro/%s' % repo] = ('heat-gpu local cloud',
-                                                 [headers_package(k) for k in kernels])
+                                                 [headers_package(k) for k in kernels] + debian)
     for repo in rhel_repos():
         name = 'compute/cuda/repos/%s/x86_64/cuda-%s.repo' % (repo, repo)
         url = '%s/%s' % (NVIDIA_BASE, name)
@@ -534,6 +729,7 @@ def _recipe(mirror_dir: str, plan: dict) -> str:
                   sorted(plan['repos'].items())},
         'keyrings': {d: p.spec() for d, p in sorted(plan['keyrings'].items())},
         'files': {d: hashlib.sha256(v).hexdigest() for d, v in sorted(plan['files'].items())},
+        'pypi': sorted(plan['pypi'].values()),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -563,7 +759,7 @@ def build(mirror_dir: str, *, log=print) -> bool:
         _ensure_tls(mirror_dir)
         _ensure_key(_key_home(mirror_dir), KEY_UID)
         _ensure_key(_other_key_home(mirror_dir), OTHER_KEY_UID)
-        plan = _plan(mirror_dir)
+        plan = _plan(mirror_dir, log=log)
         recipe = _recipe(mirror_dir, plan)
         if is_built(mirror_dir):
             with open(_recipe_file(mirror_dir), encoding='ascii') as f:
@@ -590,7 +786,7 @@ def _build_www(mirror_dir: str, plan: dict, *, log) -> None:
     used = set()
     count = 0
     for rel, (label, pkgs) in sorted(plan['repos'].items()):
-        debs = [_build_deb(p, cache) for p in pkgs]
+        debs = [p.path if isinstance(p, DebianDeb) else _build_deb(p, cache) for p in pkgs]
         used.update(os.path.dirname(d) for d in debs)
         count += len(debs)
         _write_repo(os.path.join(new, rel), pkgs, debs, home=_key_home(mirror_dir),
@@ -607,6 +803,7 @@ def _build_www(mirror_dir: str, plan: dict, *, log) -> None:
         os.makedirs(os.path.dirname(os.path.join(new, rel)), exist_ok=True)
         with open(os.path.join(new, rel), 'wb') as f:
             f.write(data)
+    _write_pypi(os.path.join(new, PYPI_PATH), plan['pypi'])
     old = _www(mirror_dir) + '.old'
     shutil.rmtree(old, ignore_errors=True)
     if os.path.isdir(_www(mirror_dir)):
@@ -616,19 +813,23 @@ def _build_www(mirror_dir: str, plan: dict, *, log) -> None:
     for name in os.listdir(cache):
         if os.path.join(cache, name) not in used:
             shutil.rmtree(os.path.join(cache, name), ignore_errors=True)
-    log('mirror: built %d repositories (%d packages) in %.1f s: %s' % (
-        len(plan['repos']), count, time.monotonic() - t0, mirror_dir))
+    log('mirror: built %d repositories (%d packages) and a PyPI index (%d wheels) in %.1f s: %s'
+        % (len(plan['repos']), count, len(plan['pypi']), time.monotonic() - t0, mirror_dir))
 
 
 def guest_files(mirror_dir: str, *, url: str, distro: str, version: str) -> dict[str, bytes]:
     """Guest path (relative) -> content of what an instance needs to install from the mirror.
 
-    The mirror's CA (the guest then runs ``update-ca-certificates``) and, for a Debian-family
-    image, the apt source of the distribution repository (``linux-headers-<kernel>``) with the
-    key that signs it. *url*: the mirror's base URL as the guest reaches it.
+    The mirror's CA (the guest then runs ``update-ca-certificates``), pip's configuration (the
+    mirror's PyPI index, through the system's CA store) and, for a Debian-family image, the apt
+    source of the distribution repository (``linux-headers-<kernel>``, Debian's venv packages)
+    with the key that signs it. *url*: the mirror's base URL as the guest reaches it.
     """
     with open(ca_cert_path(mirror_dir), 'rb') as f:
         out = {GUEST_CA: f.read()}
+    out[GUEST_PIP_CONF] = ('# The local cloud\'s PyPI mirror (the instances reach no internet).\n'
+                           '[global]\nindex-url = %s/%s/simple/\ncert = %s\n' % (
+                               url.rstrip('/'), PYPI_PATH, GUEST_CA_STORE)).encode()
     repo = repo_for(distro, version)
     if repo in debian_repos() and _kernels(repo):
         with open(keyring_path(mirror_dir), 'rb') as f:
@@ -674,6 +875,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         www = self.server.www
         candidates = [os.path.join(www, 'faults', fault, *parts)] if fault else []
         candidates.append(os.path.join(www, *parts))
+        # A directory's index.html (the PyPI index's pages: pip asks for .../simple/<project>/).
+        candidates = [os.path.join(c, 'index.html') if os.path.isdir(c) else c
+                      for c in candidates]
         found = next((c for c in candidates if os.path.isfile(c)), None)
         if found is None:
             return self._reply(404, b'not found\n', tag=tag, body=body)
@@ -688,8 +892,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault == 'tampered':
             data += TAMPERED_TAIL
         self._reply(200, data, tag=tag, body=body, mtime=stat.st_mtime,
-                    ctype='application/vnd.debian.binary-package' if found.endswith('.deb')
-                    else 'application/octet-stream')
+                    ctype=_content_type(found))
 
     def _reply(self, status: int, data: bytes, *, tag: str | None, body: bool,
                mtime: float | None = None, ctype: str = 'text/plain') -> None:
@@ -708,6 +911,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             'time': round(time.time(), 3), 'client': self.client_address[0],
             'method': self.command, 'path': self.path, 'status': status, 'bytes': sent,
             'tag': tag, 'agent': self.headers.get('User-Agent', '')})
+
+
+def _content_type(path: str) -> str:
+    if path.endswith('.deb'):
+        return 'application/vnd.debian.binary-package'
+    if path.endswith('.html'):
+        return 'text/html; charset=utf-8'  # pip reads an index page only as text/html
+    return 'application/octet-stream'
 
 
 class MirrorServer(http.server.ThreadingHTTPServer):
