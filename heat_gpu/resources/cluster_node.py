@@ -22,4 +22,4 @@ from heat_gpu import templates
 
 
 def resource_mapping() -> dict:
-    return {'OS::GPU::ClusterNode': templates.url('cluster_node.yaml')}
+    return templates.mapping('OS::GPU::ClusterNode')

@@ -23,4 +23,4 @@ from heat_gpu import templates
 
 
 def resource_mapping() -> dict:
-    return {'OS::GPU::FlavorSetMember': templates.url('flavor_set_member.yaml')}
+    return templates.mapping('OS::GPU::FlavorSetMember')

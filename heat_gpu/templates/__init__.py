@@ -19,7 +19,7 @@ type of heat's global registry instead names a template by a ``file://`` URL tha
 reads itself, the way heat's own global environment (``/etc/heat/environment.d``) serves its
 ``file:///etc/heat/templates`` types. The plugin's ``resource_mapping()`` puts these templates in
 that registry (a mapping to a string ending in ``.yaml`` is a template resource), so wherever the
-plugin is loaded, ``OS::GPU::ClusterNode`` and ``OS::GPU::FlavorSetMember`` exist, with their
+plugin is loaded, the types of :data:`TYPES` exist, with their
 properties and attributes generated from the templates' parameters and outputs, and no operator
 step or client is involved. Without the plugin, ``environments/portable.yaml`` maps the same
 names to these files.
@@ -28,6 +28,14 @@ names to these files.
 import os
 
 DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: The resource types these templates are registered as, and their files (the one list: the
+#: plugin's modules, ``environments/portable.yaml`` and the tests take it from here).
+TYPES = {
+    'OS::GPU::ClusterNode': 'cluster_node.yaml',
+    'OS::GPU::FlavorSetMember': 'flavor_set_member.yaml',
+    'OS::GPU::ServerAccess': 'server_access.yaml',
+}
 
 
 def path(name: str) -> str:
@@ -38,3 +46,8 @@ def path(name: str) -> str:
 def url(name: str) -> str:
     """The ``file://`` URL heat-engine reads the packaged template *name* from."""
     return 'file://' + path(name)
+
+
+def mapping(type_name: str) -> dict:
+    """``resource_mapping()`` of the plugin module that registers *type_name*."""
+    return {type_name: url(TYPES[type_name])}

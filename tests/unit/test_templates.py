@@ -26,6 +26,7 @@ import glob
 import os
 import re
 from typing import Optional
+from unittest import mock
 
 import fixtures
 import testscenarios
@@ -46,13 +47,16 @@ from oslo_serialization import jsonutils
 from heat_gpu import catalog
 from heat_gpu.resources import cluster_node
 from heat_gpu.resources import flavor_set_member
+from heat_gpu.resources import server_access
+from heat_gpu import templates
 from tools import inline_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PORTABLE_ENV = os.path.join(ROOT, 'environments', 'portable.yaml')
 
 #: Templates a tenant or admin launches (Horizon's Launch Stack form).
-LAUNCHABLE = sorted(glob.glob(os.path.join(ROOT, 'hot', '*.yaml')))
+LAUNCHABLE = sorted(glob.glob(os.path.join(ROOT, 'hot', '*.yaml'))
+                    + glob.glob(os.path.join(ROOT, 'hot', 'examples', '*.yaml')))
 #: The nested templates the plugin registers as types (heat_gpu/templates).
 NESTED = sorted(glob.glob(os.path.join(ROOT, 'heat_gpu', 'templates', '*.yaml')))
 #: Every HOT template of the repository: launchable ones, nested ones, providers, TripleO pieces.
@@ -69,7 +73,7 @@ YAML_FILES = sorted(glob.glob(os.path.join(ROOT, 'hot', '**', '*.yaml'), recursi
 #: The custom constraints heat-dashboard turns into drop-downs; any other renders empty.
 DROP_DOWNS = {'nova.flavor', 'glance.image', 'nova.keypair', 'neutron.network'}
 #: Parameters that name a cloud object, and the drop-down they must have.
-CLOUD_OBJECTS = {'flavor': 'nova.flavor', 'image': 'glance.image'}
+CLOUD_OBJECTS = {'flavor': 'nova.flavor', 'image': 'glance.image', 'network': 'neutron.network'}
 #: Optional cloud objects: heat-dashboard's drop-downs have no empty entry, so a launchable template
 #: takes them as text (empty for none) and the resource that gets them checks them; a nested
 #: template, which no form shows, keeps the constraint.
@@ -206,12 +210,19 @@ def load_with_files(path: str, *, env_paths: tuple[str, ...] = ()) -> tuple[dict
 
 
 def validate_stack(tmpl: dict, files: dict, env: dict) -> None:
-    """heat's template-validate: every function, reference and property schema is checked."""
+    """heat's template-validate: every function, reference and property schema is checked.
+
+    No Neutron answers here: heat's check that the network service has the extensions a
+    resource needs (security-group, router...) is answered yes; the functional tests validate
+    the same templates against the local cloud's real Neutron.
+    """
+    from heat.engine.clients.os import neutron
     from heat.engine import environment
     stack = parser.Stack(utils.dummy_context(), 'heat_gpu_test',
                          template.Template(tmpl, files=files, env=environment.Environment(env)),
                          strict_validate=False)
-    stack.validate(validate_res_tmpl_only=True)
+    with mock.patch.object(neutron.NeutronClientPlugin, 'has_extension', return_value=True):
+        stack.validate(validate_res_tmpl_only=True)
 
 
 class TestLint(testtools.TestCase):
@@ -270,13 +281,16 @@ class TestEachTemplate(testtools.TestCase):
                 self.assertEqual([] if launchable else [OPTIONAL_OBJECTS[name]], customs,
                                  'parameter %s' % name)
 
-    def test_network_is_optional_text(self):
-        param = (self.tmpl.get('parameters') or {}).get('network')
+    def test_external_network_is_text(self):
+        # heat-dashboard's neutron.network drop-down lists the project's and the shared networks,
+        # not the external ones a floating IP comes from: the floating IP network is text, whose
+        # empty value means no floating IP.
+        param = (self.tmpl.get('parameters') or {}).get('external_network')
         if param is None:
-            self.skipTest('no network parameter')
+            self.skipTest('no external_network parameter')
         self.assertEqual('string', param['type'])
-        self.assertEqual('', param['default'])
-        self.assertNotIn('custom_constraint', str(param.get('constraints')))
+        if self.path in LAUNCHABLE:
+            self.assertNotIn('custom_constraint', str(param.get('constraints')))
 
     def test_parameter_groups_cover_every_parameter(self):
         params = list(self.tmpl.get('parameters') or {})
@@ -408,7 +422,8 @@ class TestLaunchable(testtools.TestCase):
         from heat_gpu.resources import gpu_flavor
         from heat_gpu.resources import sample_job
         base.init_global_environment()
-        for module in (cuda_instance, gpu_flavor, sample_job, cluster_node, flavor_set_member):
+        for module in (cuda_instance, gpu_flavor, sample_job, cluster_node, flavor_set_member,
+                       server_access):
             for name, cls in module.resource_mapping().items():
                 resource._register_class(name, cls)
         tmpl, files, env = load_with_files(self.path)
@@ -417,9 +432,8 @@ class TestLaunchable(testtools.TestCase):
     def test_validates_with_the_portable_environment(self):
         base.init_global_environment()
         tmpl, files, env = load_with_files(self.path, env_paths=(PORTABLE_ENV,))
-        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob',
-                          'OS::GPU::ClusterNode', 'OS::GPU::FlavorSetMember'},
-                         set(env['resource_registry']))
+        self.assertEqual({'OS::GPU::Flavor', 'OS::GPU::CudaInstance', 'OS::GPU::SampleJob'}
+                         | set(templates.TYPES), set(env['resource_registry']))
         for target in env['resource_registry'].values():
             self.assertIn(target, files)
         validate_stack(tmpl, files, env)
@@ -447,15 +461,20 @@ class TestResolvedProperties(testtools.TestCase):
         props = tmpl['resources']['instance']['properties']
         return function.resolve(stack.t.parse(stack, props))
 
-    def test_without_network_or_key(self):
-        props = self.instance_properties()
-        self.assertEqual([{'allocate_network': 'none'}], props['networks'])
+    def test_without_key(self):
+        props = self.instance_properties(network='private')
         self.assertIsNone(props['key_name'])
         self.assertEqual('gpu.p100', props['flavor'])
 
-    def test_with_network_and_key(self):
+    def test_with_key_on_the_access_port(self):
         props = self.instance_properties(network='private', key_name='mykey')
-        self.assertEqual([{'network': 'private'}], props['networks'])
+        tmpl = template_format.parse(read(os.path.join(ROOT, self.path)))
+        # The server's one port is the one OS::GPU::ServerAccess makes (its security group and
+        # floating IP apply to it).
+        self.assertEqual([{'port': {'get_attr': ['access', 'port']}}],
+                         tmpl['resources']['instance']['properties']['networks'])
+        self.assertEqual('OS::GPU::ServerAccess', tmpl['resources']['access']['type'])
+        self.assertEqual(1, len(props['networks']))
         self.assertEqual('mykey', props['key_name'])
         if 'name' in props:
             self.assertEqual('gpu-node-3', props['name'])
