@@ -146,6 +146,17 @@ class CudaInstance(_Server):
             'kept as its own part.',
             default=_Server.SOFTWARE_CONFIG,
             constraints=[constraints.AllowedValues([_Server.SOFTWARE_CONFIG])]),
+        _Server.USER_DATA: properties.Schema(
+            properties.Schema.STRING,
+            'The tenant\'s own user data for cloud-init (a #cloud-config document, a script '
+            'starting with #!, a MIME multipart, or the ID of a software config), run beside '
+            'the boot script. Nova takes at most 65535 bytes of base64 user data, and the boot '
+            'script, its files and heat\'s own parts take most of that: user data that would '
+            'go over is refused at validation, naming how much fits (about 7 KB of ASCII). '
+            'Larger content belongs in the image, in an OS::Heat::SoftwareDeployment or in a '
+            'download at boot. Changes replace the server by default (user_data_update_policy).',
+            default='',
+            update_allowed=True),
         _Server.SOFTWARE_CONFIG_TRANSPORT: properties.Schema(
             properties.Schema.STRING,
             'How the server receives its software configuration: always POLL_SERVER_HEAT '
@@ -210,7 +221,10 @@ class CudaInstance(_Server):
             'trusted_keyring_fingerprints option (NVIDIA\'s key unless the operator changed it).',
             schema=properties.Schema(
                 properties.Schema.STRING,
-                constraints=[constraints.AllowedPattern(r'^[0-9A-Fa-f]{40}$')])),
+                constraints=[_Pattern(
+                    r'^[0-9A-Fa-f]{40}$',
+                    description='an OpenPGP fingerprint of 40 hex digits without blanks, e.g. '
+                                'EB693B3035CD5710E231E123A4B469963BF863CC')])),
         CHECKSUMS: properties.Schema(
             properties.Schema.MAP,
             'SHA-256 checksums (64 hex digits) of downloaded files, keyed by file name, '

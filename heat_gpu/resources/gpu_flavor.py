@@ -11,6 +11,8 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
+import unicodedata
+
 from heat.common import exception
 from heat.common.i18n import _
 from heat.engine import attributes
@@ -27,6 +29,9 @@ from heat_gpu import gpu_request
 from heat_gpu import heat_compat
 
 LOG = logging.getLogger(__name__)
+
+#: Nova keeps flavor sizes in 32-bit signed integers and refuses larger ones.
+NOVA_MAX_INT = 0x7FFFFFFF
 
 heat_compat.serialize_yaql_parsing()
 
@@ -127,32 +132,32 @@ class GpuFlavor(resource.Resource):
             properties.Schema.INTEGER,
             _('Number of virtual CPUs. Changing it replaces the flavor.'),
             required=True,
-            constraints=[constraints.Range(min=1)],
+            constraints=[constraints.Range(min=1, max=NOVA_MAX_INT)],
         ),
         RAM: properties.Schema(
             properties.Schema.INTEGER,
             _('Memory in MiB. Changing it replaces the flavor.'),
             required=True,
-            constraints=[constraints.Range(min=1)],
+            constraints=[constraints.Range(min=1, max=NOVA_MAX_INT)],
         ),
         DISK: properties.Schema(
             properties.Schema.INTEGER,
             _('Root disk size in GiB; 0 boots on a root disk the size of the image. Changing '
               'it replaces the flavor.'),
             default=0,
-            constraints=[constraints.Range(min=0)],
+            constraints=[constraints.Range(min=0, max=NOVA_MAX_INT)],
         ),
         EPHEMERAL: properties.Schema(
             properties.Schema.INTEGER,
             _('Size of a secondary ephemeral disk in GiB. Changing it replaces the flavor.'),
             default=0,
-            constraints=[constraints.Range(min=0)],
+            constraints=[constraints.Range(min=0, max=NOVA_MAX_INT)],
         ),
         SWAP: properties.Schema(
             properties.Schema.INTEGER,
             _('Swap space in MiB. Changing it replaces the flavor.'),
             default=0,
-            constraints=[constraints.Range(min=0)],
+            constraints=[constraints.Range(min=0, max=NOVA_MAX_INT)],
         ),
         IS_PUBLIC: properties.Schema(
             properties.Schema.BOOLEAN,
@@ -242,7 +247,24 @@ class GpuFlavor(resource.Resource):
                 'openstack flavor list --long shows their pci_passthrough:alias extra specs.')
                 % {'type': self.type(), 'name': self.name,
                    'user': self.context.username or self.context.user_id})
+        self._validate_name(self.properties[self.NAME])
         self._extra_specs(self.properties)
+
+    def _validate_name(self, name) -> None:
+        """Nova's rule for names: printable characters, no blank at either end."""
+        if not name:
+            return
+        blank_end = _is_blank(name[0]) or _is_blank(name[-1])
+        unprintable = [c for c in name if not _is_printable(c)]
+        if not blank_end and not unprintable:
+            return
+        problem = ('it has a blank at its start or end' if blank_end else
+                   'it has the unprintable character %r' % unprintable[0])
+        example = ''.join(c for c in name.strip() if _is_printable(c)) or 'gpu.p100'
+        raise self._validation_error(gpu_exception.HeatGpuError(
+            'Invalid value %r for name: %s; nova accepts a flavor name of printable '
+            'characters without blanks at its start or end, e.g. %r.'
+            % (name, problem, example), prop=self.NAME))
 
     def handle_create(self):
         specs = self._extra_specs(self.properties)
@@ -349,6 +371,15 @@ class GpuFlavor(resource.Resource):
             access.remove_tenant_access(flavor, tenant)
         for tenant in [t for t in wanted if t not in current]:
             access.add_tenant_access(flavor, tenant)
+
+
+def _is_blank(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) == 'Zs'
+
+
+def _is_printable(char: str) -> bool:
+    """Nova's printable characters: letters, marks, numbers, punctuation, symbols, spaces."""
+    return unicodedata.category(char)[0] in 'LMNPS' or unicodedata.category(char) == 'Zs'
 
 
 def resource_mapping():

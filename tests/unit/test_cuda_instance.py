@@ -337,7 +337,15 @@ class CudaInstanceTest(CudaInstanceTestBase):
         stack = self._stack(keyring_fingerprints=['3bf863cc'])
         exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
         self.assertIn('keyring_fingerprints', str(exc))
-        self.assertIn('"3bf863cc" does not match pattern "^[0-9A-Fa-f]{40}$"', str(exc))
+        self.assertIn('keyring_fingerprints[0]', str(exc))
+        self.assertIn("'3bf863cc' is not accepted; accepted: an OpenPGP fingerprint of 40 hex "
+                      "digits without blanks", str(exc))
+        # gpg prints fingerprints in groups of four: refused with the same words.
+        grouped = 'EB69 3B30 35CD 5710 E231 E123 A4B4 6996 3BF8 63CC'
+        stack = self._stack(stack_name='grouped', keyring_fingerprints=[grouped])
+        exc = self.assertRaises(exception.StackValidationFailed, stack['gpu_vm'].validate)
+        self.assertIn("'EB69 3B30 35CD", str(exc))
+        self.assertIn('40 hex digits without blanks', str(exc))
 
     def test_progress_then_success(self):
         stack, rsrc, runner = self._start()

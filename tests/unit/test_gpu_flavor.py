@@ -316,6 +316,24 @@ class GpuFlavorValidateTest(GpuFlavorTestBase):
                                       expect=["'CUSTOM_NVIDIA_11'", 'passthrough'])),
         ('alias on vgpu', dict(props=dict(gpu_mode='vgpu', pci_alias='p100'),
                                path='pci_alias', expect=["'p100'", 'vgpu'])),
+        ('ram above nova', dict(props=dict(ram=2 ** 31), path='ram',
+                                expect=['2147483648 is out of range', 'max: 2147483647'])),
+        ('vcpus above nova', dict(props=dict(vcpus=2 ** 31), path='vcpus',
+                                  expect=['2147483648 is out of range', 'max: 2147483647'])),
+        ('disk above nova', dict(props=dict(disk=2 ** 31), path='disk',
+                                 expect=['2147483648 is out of range', 'max: 2147483647'])),
+        ('swap above nova', dict(props=dict(swap=2 ** 31), path='swap',
+                                 expect=['2147483648 is out of range', 'max: 2147483647'])),
+        ('name with blank end', dict(props=dict(name='gpu.p100 '), path='name',
+                                     expect=["Invalid value 'gpu.p100 ' for name",
+                                             'a blank at its start or end',
+                                             "printable characters", "e.g. 'gpu.p100'"])),
+        ('name unprintable', dict(props=dict(name='gpu\tp100'), path='name',
+                                  expect=["Invalid value 'gpu\\tp100' for name",
+                                          "the unprintable character '\\t'",
+                                          "e.g. 'gpup100'"])),
+        ('name too long', dict(props=dict(name='g' * 256), path='name',
+                               expect=['length (256) is out of range', 'max: 255'])),
         ('bad numa', dict(props=dict(numa_affinity_policy='strict'),
                           path='numa_affinity_policy',
                           expect=['"strict" is not an allowed value', 'socket'])),
@@ -342,3 +360,7 @@ class GpuFlavorAdminOnlyTest(GpuFlavorTestBase):
 
     def test_admin_passes(self):
         self.assertIsNone(self.make(admin=True).validate())
+
+    def test_names_nova_takes_pass(self):
+        for name in ('gpu.p100', 'GPU P100 x1', 'gpu-\u00e9t\u00e9'):
+            self.assertIsNone(self.make(admin=True, name=name).validate())
