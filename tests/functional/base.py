@@ -247,6 +247,45 @@ class FunctionalTestCase(testtools.TestCase):
             'stack_users': {u.id: u.name for u in self.admin.identity.users(
                                 domain_id=self._stack_user_domain())
                             if u.name.startswith(RUN_PREFIX)},
+            **self._network_inventory(servers),
+        }
+
+    def _network_inventory(self, servers: dict) -> dict:
+        """Neutron's objects of this run, for the leak check.
+
+        Named after the run, or unnamed (what nova makes for a server, a floating IP, has no
+        name of ours), or serving a server of this run or one that is gone. The cloud's own
+        networks, router and the default security groups never count.
+        """
+        net = self.admin.network
+        own_networks = {localcloud.PUBLIC_NETWORK['name'], localcloud.PRIVATE_NETWORK['name']}
+
+        def ours(name: str | None) -> bool:
+            return not name or name.startswith(RUN_PREFIX)
+
+        ports = {}
+        for p in net.ports():
+            if p.device_owner and p.device_owner.startswith('network:'):
+                # Router interfaces and gateways, DHCP: they go with their router or network.
+                owned = ours(p.name) and p.device_owner not in (
+                    'network:router_interface', 'network:router_gateway', 'network:dhcp')
+            elif p.device_owner and p.device_owner.startswith('compute:'):
+                owned = (p.device_id not in servers
+                         or servers[p.device_id].startswith(RUN_PREFIX))
+            else:
+                owned = ours(p.name)
+            if owned:
+                ports[p.id] = p.name or p.device_id or '(unnamed)'
+        return {
+            'ports': ports,
+            'floating_ips': {f.id: f.floating_ip_address for f in net.ips()
+                             if not f.port_id or f.port_id in ports},
+            'security_groups': {g.id: g.name for g in net.security_groups()
+                                if g.name != 'default' and ours(g.name)},
+            'routers': {r.id: r.name for r in net.routers()
+                        if r.name != localcloud.ROUTER and ours(r.name)},
+            'networks': {n.id: n.name for n in net.networks()
+                         if n.name not in own_networks and ours(n.name)},
         }
 
     def _stack_user_domain(self) -> str:

@@ -11,13 +11,21 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The local cloud itself: nova sees the GPUs, schedules on them, and the guest runs user data."""
+"""The local cloud itself: nova sees the GPUs, schedules on them, and the guest runs user data.
+
+Neutron is real: the network service is in the catalog, the cloud's own networks exist, and a
+server booted on ``private`` gets a port that ML2 binds on its simulated host.
+"""
 
 import collections
+import ipaddress
 import json
+import os
+import socket
 import textwrap
 
 from tests.functional import base
+from tools.localcloud import cloud as localcloud
 
 # A plain HOT stack (no plugin): a GPU server whose user data counts the NVIDIA devices it sees on
 # its PCI bus and signals the count to a wait condition with curl, as a real VM would. The stack
@@ -160,6 +168,81 @@ class TestLocalCloud(base.FunctionalTestCase):
         self.assertEqual('ERROR', server.status)
         self.assertIn('No valid host', server.fault['message'])
         self.assertEqual([], self.pci_devices(instance_uuid=server.id))
+
+    def test_network_service_and_the_clouds_own_networks(self):
+        catalog = {e['type']: e for e in self.demo.session.auth.get_access(
+            self.demo.session).service_catalog.catalog}
+        self.assertIn('network', catalog)
+        urls = {e['interface']: e['url'] for e in catalog['network']['endpoints']
+                if e['region_id'] == localcloud.REGION}
+        self.assertEqual(self.cloud.url('neutron'), urls['public'])
+
+        net = self.demo.network
+        public = net.find_network('public', ignore_missing=False)
+        self.assertTrue(public.is_router_external)
+        [pub_subnet] = list(net.subnets(network_id=public.id))
+        self.assertEqual('203.0.113.0/24', pub_subnet.cidr)
+        self.assertTrue(pub_subnet.allocation_pools)
+
+        private = net.find_network('private', ignore_missing=False)
+        self.assertEqual(self.demo.current_project_id, private.project_id)
+        [subnet] = list(net.subnets(network_id=private.id))
+        self.assertEqual(('10.0.0.0/24', []), (subnet.cidr, subnet.dns_nameservers))
+
+        router = net.find_router('router1', ignore_missing=False)
+        self.assertEqual(public.id, router.external_gateway_info['network_id'])
+        interfaces = [p for p in net.ports(device_id=router.id)
+                      if p.device_owner == 'network:router_interface']
+        self.assertEqual([subnet.id], [ip['subnet_id'] for p in interfaces
+                                       for ip in p.fixed_ips])
+        self.assertEqual(['default'], [g.name for g in net.security_groups(
+            project_id=self.demo.current_project_id)])
+
+    def test_server_on_private_gets_a_bound_active_port(self):
+        interfaces = socket.if_nameindex()
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        private = self.demo.network.find_network('private', ignore_missing=False)
+        server = self.demo.compute.create_server(
+            name=self.unique_name('server'), flavor_id=flavor.id,
+            image_id=self.demo.image.find_image('debian-12-gpu', ignore_missing=False).id,
+            networks=[{'uuid': private.id}])
+        self.addCleanup(self._delete_server, server.id)
+        server = self.wait_for_server(server.id)
+        self.assertEqual('ACTIVE', server.status, server.fault)
+
+        # ML2 bound the port on the server's simulated host with our driver's vif type, and
+        # the driver put it ACTIVE (no agent wires anything).
+        [port] = list(self.admin.network.ports(device_id=server.id))
+        self.assertEqual(('ACTIVE', server.compute_host, 'ovs'),
+                         (port.status, port.binding_host_id, port.binding_vif_type))
+        self.assertIn(port.binding_host_id, self.cloud.compute_hosts)
+        self.assertIn(ipaddress.ip_address(port.fixed_ips[0]['ip_address']),
+                      ipaddress.ip_network('10.0.0.0/24'))
+        addresses = self.demo.compute.get_server(server.id).addresses
+        self.assertEqual([port.fixed_ips[0]['ip_address']],
+                         [a['addr'] for a in addresses['private']])
+
+        # Nova's config drive describes the port, and the guest (sharing the host's network)
+        # left the host's interfaces alone: cloud-init's network configuration is off.
+        drive = self.cloud.path('guests', server.id, 'config-drive', 'openstack', 'latest',
+                                'network_data.json')
+        self.wait_until(lambda: os.path.exists(drive), what='the config drive', timeout=60)
+        with open(drive, encoding='utf-8') as f:
+            links = json.load(f)['links']
+        self.assertEqual([port.mac_address], [link['ethernet_mac_address'] for link in links])
+        self.assertEqual(interfaces, socket.if_nameindex())
+
+        # A floating IP from public reaches the port through router1 (database objects only).
+        fip = self.demo.network.create_ip(
+            floating_network_id=self.demo.network.find_network('public').id, port_id=port.id)
+        self.addCleanup(self.demo.network.delete_ip, fip, ignore_missing=True)
+        self.assertEqual(port.fixed_ips[0]['ip_address'], fip.fixed_ip_address)
+        self.demo.network.delete_ip(fip)
+
+        self._delete_server(server.id)
+        self.wait_until(lambda: not list(self.admin.network.ports(device_id=server.id)),
+                        what='neutron deleting the port of server %s' % server.id, timeout=60)
+        self.assert_server_released(server.id)
 
     def _delete_server(self, server_id: str) -> None:
         self.admin.compute.delete_server(server_id, ignore_missing=True)

@@ -124,7 +124,7 @@ CREDENTIAL_KEYS = ('password', 'passwd', 'token', 'secret', 'credential', 'priva
 #: and heat's own os-collect-config data (the x-cfninitdata part of heat's SOFTWARE_CONFIG).
 PASSWORD_FILES = ('etc/heat-gpu/bootstrap.json', 'var/lib/heat-cfntools/cfn-init-data')
 #: Services that answer HTTP, and the port each must listen on.
-HTTP_SERVICES = ('keystone', 'glance', 'placement', 'nova-api', 'nullnet', 'heat-api')
+HTTP_SERVICES = ('keystone', 'glance', 'placement', 'nova-api', 'neutron-server', 'heat-api')
 LOOPBACK = ('127.0.0.1', '::1', '::ffff:127.0.0.1')
 TCP_LISTEN = '0A'
 

@@ -19,8 +19,9 @@ virtualenv python. Everything (configuration, databases, logs, guests) lives und
 directory: ``$HEAT_GPU_CLOUD_DIR``, default ``<repo>/.localcloud``.
 
 Services: MariaDB (unix socket only), RabbitMQ, Keystone, Glance, Placement, Nova (API, conductor,
-scheduler, two computes with a fake hypervisor that reports NVIDIA GPUs as PCI devices), an empty
-network endpoint for nova (no Neutron) and Heat (API + engine) with the heat-gpu plugin loaded.
+scheduler, two computes with a fake hypervisor that reports NVIDIA GPUs as PCI devices), Neutron
+(ML2 with a mechanism driver that binds ports on the simulated hosts; no agents, the data plane is
+simulated) and Heat (API + engine) with the heat-gpu plugin loaded.
 
 Other programs import this module and call ``ensure_running()``.
 """
@@ -68,7 +69,7 @@ PORTS = {
     'glance': 9292,
     'placement': 8778,
     'nova-api': 8774,
-    'nullnet': 9696,
+    'neutron': 9696,
     'heat-api': 8004,
     'mirror': 8443,
     'rabbitmq': 5672,
@@ -76,7 +77,19 @@ PORTS = {
     'epmd': 4369,
     'horizon': 8080,  # optional: horizon.py
 }
-SERVICE_USERS = ('nova', 'placement', 'glance', 'heat')
+SERVICE_USERS = ('nova', 'placement', 'glance', 'heat', 'neutron')
+# The port each service listens on (services not named here listen on none or on their own name).
+SERVICE_PORTS = {'neutron-server': 'neutron'}
+# The networks every cloud has (made by start, idempotently): the external provider network with
+# the floating IP pool, and the demo project's network behind its router.
+PUBLIC_NETWORK = {'name': 'public', 'physnet': 'public', 'cidr': '203.0.113.0/24',
+                  'gateway_ip': '203.0.113.1',
+                  'pool': {'start': '203.0.113.10', 'end': '203.0.113.250'}}
+PRIVATE_NETWORK = {'name': 'private', 'subnet': 'private-subnet', 'cidr': '10.0.0.0/24'}
+ROUTER = 'router1'
+# The marker of keystone's projects, users and catalog; a new name when they change, so a cloud
+# made before redoes the (idempotent) step once (2: the network service and its user).
+KEYSTONE_RESOURCES = 'keystone-resources-2'
 
 # The operator's [pci] alias entries (vendor 10de): every GPU model of the catalog under its own
 # alias and PCI device id, the names OS::GPU::Flavor and hot/gpu_flavors.yaml ask nova for (the
@@ -302,7 +315,7 @@ class Cloud:
             self._write(path, json.dumps(self.settings, indent=2) + '\n')
 
     def port(self, service: str) -> int:
-        return PORTS[service] + self.settings['port_offset']
+        return PORTS[SERVICE_PORTS.get(service, service)] + self.settings['port_offset']
 
     @property
     def host_devices(self) -> dict:
@@ -326,11 +339,19 @@ class Cloud:
                 with open(path, encoding='utf-8') as f:
                     self._secrets = json.load(f)
             else:
-                names = ('admin', DEMO_USER, 'heat_domain_admin', 'rabbit') + SERVICE_USERS
-                self._secrets = {n: secrets.token_hex(12) for n in names}
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                self._secrets = {}
+            # A cloud made before a service was added gets that service's password too.
+            names = ('admin', DEMO_USER, 'heat_domain_admin', 'rabbit') + SERVICE_USERS
+            missing = [n for n in names if n not in self._secrets]
+            if missing:
+                self._secrets.update({n: secrets.token_hex(12) for n in missing})
+                tmp = path + '.new'
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, 'w', encoding='utf-8') as f:
                     json.dump(self._secrets, f, indent=2)
+                os.replace(tmp, path)
         return self._secrets
 
     def db_url(self, name: str) -> str:
@@ -342,6 +363,7 @@ class Cloud:
             self.secrets['rabbit'], HOST, self.port('rabbitmq'), VHOST)
 
     def url(self, service: str) -> str:
+        service = SERVICE_PORTS.get(service, service)
         scheme = 'https' if service == 'mirror' else 'http'
         return '%s://%s:%d' % (scheme, HOST, self.port(service))
 
@@ -499,8 +521,8 @@ class Cloud:
             time.sleep(0.1)
 
     def services(self) -> list[str]:
-        return (['mariadb', 'epmd', 'rabbitmq', 'keystone', 'placement', 'glance', 'nullnet',
-                 'mirror', 'nova-api', 'nova-conductor', 'nova-scheduler']
+        return (['mariadb', 'epmd', 'rabbitmq', 'keystone', 'placement', 'glance',
+                 'neutron-server', 'mirror', 'nova-api', 'nova-conductor', 'nova-scheduler']
                 + ['nova-compute-%s' % h for h in self.compute_hosts]
                 + ['heat-api', 'heat-engine']
                 + (['horizon'] if self._horizon or self.pid('horizon') else []))
@@ -534,12 +556,13 @@ class Cloud:
 
     def write_configs(self) -> None:
         for d in ('etc', 'log', 'run', 'home', 'guests', 'glance/images', 'glance/staging',
-                  'glance/tasks', 'locks', 'keystone', 'rabbitmq'):
+                  'glance/tasks', 'locks', 'keystone', 'rabbitmq', 'neutron'):
             os.makedirs(self.path(d), exist_ok=True)
         share = os.path.join(sys.prefix, 'etc')
         self._write_keystone()
         self._write_glance(share)
         self._write_placement()
+        self._write_neutron(share)
         self._write_nova(share)
         self._write_heat(share)
         self._write_rabbitmq()
@@ -596,6 +619,63 @@ class Cloud:
             'placement': {'randomize_allocation_candidates': True},
         }))
 
+    def neutron_options(self) -> dict:
+        """neutron.conf and ml2_conf.ini of this cloud: ML2 without agents, our mechanism driver."""
+        etc = os.path.join(self.etc, 'neutron')
+        neutron = {
+            'DEFAULT': dict(self._common('neutron'), **{
+                'transport_url': self.transport_url(),
+                'core_plugin': 'ml2',
+                # Routers and floating IPs are database objects of the L3 plugin; no L3 agent
+                # wires them (the data plane is simulated).
+                'service_plugins': 'router',
+                'auth_strategy': 'keystone',
+                'api_paste_config': os.path.join(etc, 'api-paste.ini'),
+                'allow_overlapping_ips': True,
+                # No DHCP agent to tell about networks, subnets and ports.
+                'dhcp_agent_notification': False,
+                'router_auto_schedule': False,
+                'network_auto_schedule': False,
+                'notify_nova_on_port_status_changes': True,
+                'notify_nova_on_port_data_changes': True,
+                'host': 'localcloud',
+            }),
+            'database': {'connection': self.db_url('neutron')},
+            'keystone_authtoken': self._authtoken('neutron'),
+            # Port events (network-vif-plugged, network-changed) go to nova's external events
+            # API with neutron's service credentials.
+            'nova': self._ks_auth('neutron'),
+            'oslo_concurrency': {'lock_path': self.path('locks')},
+            'oslo_messaging_notifications': {'driver': 'noop'},
+            'oslo_policy': {'enforce_new_defaults': True, 'enforce_scope': True},
+        }
+        ml2 = {
+            'ml2': {
+                'type_drivers': 'flat,vxlan',
+                'tenant_network_types': 'vxlan',
+                'mechanism_drivers': 'localcloud',
+                'extension_drivers': 'port_security',
+            },
+            'ml2_type_flat': {'flat_networks': PUBLIC_NETWORK['physnet']},
+            'ml2_type_vxlan': {'vni_ranges': '1:1000'},
+            'securitygroup': {'enable_security_group': True},
+            # Read by tools/localcloud/localcloud_net/localcloud_ml2.py.
+            'localcloud': {'hosts': ','.join(self.compute_hosts)},
+        }
+        return {'neutron.conf': neutron, 'ml2_conf.ini': ml2}
+
+    def _write_neutron(self, share: str) -> None:
+        etc = os.path.join(self.etc, 'neutron')
+        os.makedirs(etc, exist_ok=True)
+        shutil.copy(os.path.join(share, 'neutron', 'api-paste.ini'), etc)
+        for name, sections in self.neutron_options().items():
+            self._write(os.path.join(etc, name), _ini(sections))
+
+    def _neutron_conf(self) -> list[str]:
+        etc = os.path.join(self.etc, 'neutron')
+        return ['--config-file', os.path.join(etc, 'neutron.conf'),
+                '--config-file', os.path.join(etc, 'ml2_conf.ini')]
+
     def nova_pci_options(self) -> dict:
         specs = sorted({d['product_id'] for devs in self.host_devices.values() for d in devs})
         return {
@@ -624,6 +704,10 @@ class Cloud:
                 'osapi_compute_workers': 1,
                 'metadata_workers': 1,
                 'graceful_shutdown_timeout': 5,
+                # No agent plugs a VIF (the data plane is simulated): the mechanism driver puts
+                # ports ACTIVE when it binds them, and nova does not wait for the event.
+                'vif_plugging_is_fatal': False,
+                'vif_plugging_timeout': 0,
             }),
             'wsgi': {'api_paste_config': os.path.join(etc, 'api-paste.ini')},
             'api': {'auth_strategy': 'keystone'},
@@ -632,7 +716,8 @@ class Cloud:
             'keystone_authtoken': self._authtoken('nova'),
             'placement': self._ks_auth('placement'),
             'glance': {'region_name': REGION},
-            'neutron': dict(self._ks_auth('nova'), endpoint_override=self.url('nullnet')),
+            # Neutron from the catalog, with nova's service credentials.
+            'neutron': self._ks_auth('nova'),
             'service_user': dict(self._ks_auth('nova'), send_service_user_token=True),
             'conductor': {'workers': 1},
             'scheduler': {'workers': 1, 'discover_hosts_in_cells_interval': -1},
@@ -810,7 +895,8 @@ class Cloud:
             return False
 
     def _create_databases(self) -> None:
-        names = ('keystone', 'glance', 'placement', 'nova_api', 'nova', 'nova_cell0', 'heat')
+        names = ('keystone', 'glance', 'placement', 'nova_api', 'nova', 'nova_cell0', 'heat',
+                 'neutron')
         self._mysql(' '.join('CREATE DATABASE IF NOT EXISTS %s;' % n for n in names))
 
     def _rabbit_env(self) -> dict:
@@ -859,13 +945,13 @@ class Cloud:
 
     def _gunicorn(self, name: str, app: str, *, argv0: str, config_env: dict,
                   extra_argv: list[str] | None = None, threads: int = 8,
-                  access_log: bool = False) -> None:
+                  access_log: bool = False, python_path: tuple = ()) -> None:
         if self.pid(name):
             return
         env = dict(config_env)
         env['LOCALCLOUD_WSGI_APP'] = app
         env['LOCALCLOUD_WSGI_ARGV'] = json.dumps([argv0] + (extra_argv or []))
-        env['PYTHONPATH'] = HERE
+        env['PYTHONPATH'] = os.pathsep.join((HERE,) + tuple(python_path))
         self._spawn(name, [
             _venv_bin('gunicorn'), '--bind', '%s:%d' % (HOST, self.port(name)), '--workers', '1',
             '--worker-class', 'gthread', '--threads', str(threads), '--timeout', '300',
@@ -900,9 +986,11 @@ class Cloud:
         context = ssl.create_default_context(cafile=mirror.ca_cert_path(self.mirror_dir))
         return _http_up(self.url('mirror') + '/', context=context)
 
-    def _start_nullnet(self) -> None:
-        self._gunicorn('nullnet', 'nullnet:application', argv0='nullnet', config_env={},
-                       threads=4, access_log=True)
+    def _start_neutron(self) -> None:
+        # The mechanism driver and its entry point (a dist-info beside it) are on its path.
+        self._gunicorn('neutron-server', 'neutron.wsgi.api:application', argv0='neutron-server',
+                       config_env={}, extra_argv=self._neutron_conf(),
+                       python_path=(os.path.join(HERE, 'localcloud_net'),))
 
     def _nova_conf(self) -> list[str]:
         return ['--config-file', os.path.join(self.etc, 'nova', 'nova.conf')]
@@ -946,6 +1034,8 @@ class Cloud:
             'glance': [[_venv_bin('glance-manage'), '--config-file',
                         os.path.join(self.etc, 'glance', 'glance-api.conf'), 'db_sync']],
             'heat': [[_venv_bin('heat-manage')] + heat + ['db_sync']],
+            'neutron': [[_venv_bin('neutron-db-manage')] + self._neutron_conf()
+                        + ['upgrade', 'heads']],
             'nova': [
                 nova_manage + ['api_db', 'sync'],
                 nova_manage + ['cell_v2', 'map_cell0', '--database_connection',
@@ -998,13 +1088,13 @@ class Cloud:
         return self._connections[key]
 
     def _setup_keystone_resources(self) -> None:
-        if self._done('keystone-resources'):
+        if self._done(KEYSTONE_RESOURCES):
             return
         self._retry('creating projects, users and the catalog in keystone',
                     self._create_keystone_resources, logs=['keystone'])
         # Tokens issued before the catalog existed carry an empty one.
         self._connections.clear()
-        self._mark('keystone-resources')
+        self._mark(KEYSTONE_RESOURCES)
 
     def _create_keystone_resources(self) -> None:
         conn = self.connection()
@@ -1046,6 +1136,7 @@ class Cloud:
             'compute': ('nova', self.url('nova-api') + '/v2.1'),
             'placement': ('placement', self.url('placement')),
             'image': ('glance', self.url('glance')),
+            'network': ('neutron', self.url('neutron')),
             'orchestration': ('heat', self.url('heat-api') + '/v1/%(tenant_id)s'),
         }
         for stype, (name, url) in catalog.items():
@@ -1091,6 +1182,36 @@ class Cloud:
             session.put(self.url('glance') + '/v2/images/%s/file' % image_id, data=payload,
                         headers={'Content-Type': 'application/octet-stream'}, timeout=30)
 
+    def _setup_networks(self) -> None:
+        # Every start, idempotently: a cloud made before Neutron gets its networks too.
+        self._retry('creating the networks in neutron', self._create_networks,
+                    logs=['neutron-server'])
+
+    def _create_networks(self) -> None:
+        admin = self.connection().network
+        demo = self.connection(admin=False).network
+        pub = PUBLIC_NETWORK
+        public = admin.find_network(pub['name']) or admin.create_network(
+            name=pub['name'], is_router_external=True, is_shared=False,
+            provider_network_type='flat', provider_physical_network=pub['physnet'])
+        if not list(admin.subnets(network_id=public.id)):
+            admin.create_subnet(
+                network_id=public.id, name=pub['name'] + '-subnet', ip_version=4,
+                cidr=pub['cidr'], gateway_ip=pub['gateway_ip'], is_dhcp_enabled=False,
+                allocation_pools=[pub['pool']])
+        priv = PRIVATE_NETWORK
+        private = demo.find_network(priv['name']) or demo.create_network(name=priv['name'])
+        subnet = next(iter(demo.subnets(network_id=private.id)), None) or demo.create_subnet(
+            network_id=private.id, name=priv['subnet'], ip_version=4, cidr=priv['cidr'],
+            dns_nameservers=[])
+        router = demo.find_router(ROUTER) or demo.create_router(
+            name=ROUTER, external_gateway_info={'network_id': public.id})
+        interfaces = demo.ports(device_id=router.id, network_id=private.id)
+        if not any(p.device_owner == 'network:router_interface' for p in interfaces):
+            demo.add_interface_to_router(router, subnet_id=subnet.id)
+        # The demo project's default security group (neutron makes it on first use).
+        list(demo.security_groups(name='default'))
+
     def _computes(self) -> tuple:
         return tuple('nova-compute-' + h for h in self.compute_hosts)
 
@@ -1130,7 +1251,7 @@ class Cloud:
 
     def _check_ports(self) -> None:
         owners = {'keystone': 'keystone', 'glance': 'glance', 'placement': 'placement',
-                  'nova-api': 'nova-api', 'nullnet': 'nullnet', 'heat-api': 'heat-api',
+                  'nova-api': 'nova-api', 'neutron': 'neutron-server', 'heat-api': 'heat-api',
                   'mirror': 'mirror',
                   'rabbitmq': 'rabbitmq', 'rabbitmq-dist': 'rabbitmq', 'epmd': 'epmd'}
         busy = [(service, self.port(service)) for service, owner in owners.items()
@@ -1204,16 +1325,17 @@ class Cloud:
             root.result()
         self._start_placement()
         self._start_glance()
-        self._start_nullnet()
+        self._start_neutron()
         self._start_mirror()
         self._computes_started = datetime.datetime.now(datetime.timezone.utc).replace(
             tzinfo=None, microsecond=0)
         self._start_nova()
         self._start_heat()
-        for name in ('placement', 'glance', 'nullnet', 'nova-api', 'heat-api'):
+        for name in ('placement', 'glance', 'neutron-server', 'nova-api', 'heat-api'):
             self._wait_for(name, lambda n=name: _http_up(self.url(n) + '/'))
         self._wait_for('mirror', self._mirror_up)
         self._setup_images()
+        self._setup_networks()
         if not self._done('discover-hosts'):
             self._discover_hosts()
             self._mark('discover-hosts')
@@ -1304,7 +1426,8 @@ class Cloud:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker('ready'))
             tiers = [
-                ['horizon', 'heat-api', 'heat-engine', 'nova-api', 'nullnet', 'mirror', 'glance',
+                ['horizon', 'heat-api', 'heat-engine', 'nova-api', 'neutron-server', 'mirror',
+                 'glance',
                  'placement', 'nova-scheduler', 'nova-conductor']
                 + ['nova-compute-%s' % h for h in self.compute_hosts],
                 ['keystone'],
