@@ -32,6 +32,9 @@ home=$(awk -F: -v u="$JUPYTER_USER" '$1 == u { print $6 }' "$HEAT_GPU_ROOT/etc/p
 # Debian and Ubuntu ship venv without ensurepip (python3 -m venv --help works, creating one fails).
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
+        # Cloud images ship without package lists; the image's sources may be a mirror of the
+        # cloud's own.
+        apt-get update -q >&2 || fail "apt-get update failed for the image's sources"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >&2 \
             || fail "python3-venv is missing and apt-get could not install it from the image's sources"
     elif command -v dnf >/dev/null 2>&1; then

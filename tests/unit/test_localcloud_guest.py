@@ -24,16 +24,19 @@ the tests state what cloud-init 22.4 (Debian 12) does, and our user data must li
 from heat.tests import common  # noqa: F401 (imported for its side effect, see above)
 
 import base64
+import glob
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import typing
+import urllib.request
 
 import fixtures
 import testscenarios
@@ -50,6 +53,7 @@ from tools.localcloud import mirror
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST = os.path.join(REPO, 'tools', 'localcloud', 'guest.py')
 MIRROR = os.path.join(REPO, 'tools', 'localcloud', 'mirror.py')
+JUPYTER_SH = os.path.join(REPO, 'hot', 'scripts', 'jupyter.sh')
 UUID = '5a0f7c0e-0000-4000-8000-000000000001'
 #: Written by cloud-init at the end of its last stage.
 BOOT_FINISHED = '/var/lib/cloud/data/result.json'
@@ -136,7 +140,7 @@ class GuestTestCase(testtools.TestCase):
 
     def boot(self, user_data: str, *, distro: str = 'debian', version: str = '12',
              devices: typing.Optional[list] = None,
-             until: typing.Callable[[], bool] = None) -> str:
+             until: typing.Callable[[], bool] = None, timeout: float = 120) -> str:
         """Boot the instance until *until* holds, power it off; return the console.
 
         *until* defaults to: cloud-init finished its first boot.
@@ -166,7 +170,7 @@ class GuestTestCase(testtools.TestCase):
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.addCleanup(self._kill, proc)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         until = until or (lambda: os.path.exists(self.on_disk(BOOT_FINISHED)))
         while not until():
             self.assertIsNone(proc.poll(), self._read(console))
@@ -318,6 +322,59 @@ class TestBootstrapOnTheMirror(GuestTestCase):
         repo_file = self._read(self.on_disk('/etc/yum.repos.d/cuda-rhel9.repo'))
         self.assertIn('baseurl=%s/tag/rhel-test/compute/cuda/repos/rhel9/x86_64'
                       % self.mirror_url, repo_file)
+
+
+class TestJupyterOnTheMirror(GuestTestCase):
+    """hot/scripts/jupyter.sh on the booted guest, installing from the mirror only.
+
+    A venv from Debian's packages of the distribution repository, JupyterLab from the mirror's PyPI
+    index, served by a unit of the guest's systemd.
+    """
+
+    def test_jupyterlab_installs_and_answers(self):
+        with socket.socket() as s:  # the guest shares this network namespace
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        token = 'a1' * 16
+        with open(JUPYTER_SH, 'rb') as f:
+            script = base64.b64encode(f.read()).decode()
+        user_data = textwrap.dedent('''\
+            #!/bin/bash
+            echo %s | base64 -d > /root/jupyter.sh
+            start=$(date +%%s)
+            JUPYTER_PORT=%d JUPYTER_TOKEN=%s heat_outputs_path=/root/out \\
+                bash /root/jupyter.sh > /root/jupyter.log 2>&1
+            echo "$? $(( $(date +%%s) - start ))" > /root/jupyter.rc
+            ''') % (script, port, token)
+        answers = []
+
+        def answered() -> bool:
+            if not os.path.exists(self.on_disk('/root/jupyter.rc')):
+                return False
+            rc = self._read(self.on_disk('/root/jupyter.rc')).split()[0]
+            self.assertEqual('0', rc, self._read(self.on_disk('/root/jupyter.log')))
+            try:
+                with urllib.request.urlopen('http://127.0.0.1:%d/api/status?token=%s'
+                                            % (port, token), timeout=5) as r:
+                    answers.append((r.status, json.loads(r.read())))
+                    return True
+            except OSError:
+                return False
+
+        self.boot(user_data, until=answered, timeout=600)
+        status, body = answers[-1]
+        self.assertEqual(200, status)
+        self.assertIn('started', body)
+        url = self._read(self.on_disk('/root/out.url'))
+        self.assertRegex(url, r'^http://\S+:%d/lab\?token=%s$' % (port, token))
+        # The image's default user runs it, under a unit of the guest's systemd.
+        unit = self._read(self.on_disk('/etc/systemd/system/heat-gpu-jupyter.service'))
+        self.assertIn('User=debian\n', unit)
+        self.assertTrue(os.path.islink(self.on_disk(
+            '/etc/systemd/system/multi-user.target.wants/heat-gpu-jupyter.service')))
+        pin = next(r for r in mirror.PYPI_REQUIREMENTS if r.startswith('jupyterlab=='))
+        self.assertTrue(glob.glob(self.on_disk('/opt/jupyter/lib/python3.11/site-packages/'
+                                               'jupyterlab-%s.dist-info' % pin.split('==')[1])))
 
 
 class TestTenantUserData(testscenarios.WithScenarios, GuestTestCase):
