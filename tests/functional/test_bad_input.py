@@ -36,6 +36,9 @@ P100 = {'pci_passthrough:alias': 'p100:1'}
 CATALOG_KEYS = 'P100-PCIE-16GB, P100-SXM2-16GB'
 GPU_KEYS_REMEDY = 'is set from the GPU properties'
 LONG_ALIAS = 'a' * 257
+#: A tenant script whose user data, with the boot script and heat's parts, is over nova's limit.
+BIG_SCRIPT = '#!/bin/sh\n' + '# filler\n' * 7000
+GROUPED_FINGERPRINT = 'EB69 3B30 35CD 5710 E231 E123 A4B4 6996 3BF8 63CC'
 
 
 def flavor_case(props: dict, *expect: str) -> dict:
@@ -125,6 +128,14 @@ SCENARIOS = [
                                        '["required", "preferred", "legacy", "socket"]')),
     ('flavor_hide_not_bool', flavor_case({'hide_hypervisor_id': 'maybe'}, 'hide_hypervisor_id',
                                          '"maybe"', 'is not a valid boolean')),
+    ('flavor_ram_above_nova', flavor_case({'ram': 2 ** 31}, 'properties.ram',
+                                          '2147483648 is out of range', 'max: 2147483647')),
+    ('flavor_vcpus_above_nova', flavor_case({'vcpus': 2 ** 31}, 'properties.vcpus',
+                                            '2147483648 is out of range', 'max: 2147483647')),
+    ('flavor_name_blank_end', flavor_case({'name': '{tag}-flavor '}, 'properties.name',
+                                          "Invalid value '{tag}-flavor ' for name",
+                                          'a blank at its start or end',
+                                          "e.g. '{tag}-flavor'")),
     ('flavor_unknown_tenant', flavor_case({'tenants': ['hgft-no-such-project']}, 'tenants[0]',
                                           "'hgft-no-such-project'", 'could not be found')),
 
@@ -197,8 +208,16 @@ SCENARIOS = [
         {'user_data': '#cloud-config\n- apt-get install htop\n'}, 'user_data',
         '- apt-get install htop', 'is a list, not a mapping',
         'a YAML mapping of cloud-init modules')),
+    ('instance_user_data_too_large', instance_case(
+        {'user_data': BIG_SCRIPT}, "Invalid value '#!/bin/sh' (63010 bytes) for user_data",
+        'bytes once base64-encoded, and nova accepts at most 65535',
+        'Accepted: a user_data of at most about', 'OS::Heat::SoftwareDeployment',
+        'into the image')),
+    ('instance_fingerprint_grouped', instance_case(
+        {'keyring_fingerprints': [GROUPED_FINGERPRINT]}, 'keyring_fingerprints[0]',
+        repr(GROUPED_FINGERPRINT), 'an OpenPGP fingerprint of 40 hex digits without blanks')),
 
-    # OS::GPU::SampleJob: thresholds and samples.
+    # OS::GPU::SampleJob: thresholds, samples and the instance.
     ('job_min_ratio_above_1', job_case({'min_ratio': 1.5}, 'min_ratio', '1.5 is out of range',
                                        'min: 0.0, max: 1.0')),
     ('job_min_ratio_negative', job_case({'min_ratio': -0.1}, 'min_ratio', '-0.1 is out of range',
@@ -211,6 +230,15 @@ SCENARIOS = [
                                        'a number from 0.0 to 1.0')),
     ('job_threshold_unknown_sample', job_case({'thresholds': {'fft': 0.5}}, 'thresholds',
                                               "'fft'", 'bandwidth.d2d_bandwidth')),
+    ('job_instance_no_such_server', job_case(
+        {'instance': 'hgft-no-such-server'},
+        "Invalid value 'hgft-no-such-server' for instance: no server has this ID",
+        'Accepted: an OS::GPU::CudaInstance of this stack',
+        'user_data_format SOFTWARE_CONFIG')),
+    ('job_instance_unknown_id', job_case(
+        {'instance': '0b9e3c1a-5d2f-4e8b-9a71-3c6d2e1f0a4b'},
+        "Invalid value '0b9e3c1a-5d2f-4e8b-9a71-3c6d2e1f0a4b' for instance: no server has "
+        'this ID', 'Accepted: an OS::GPU::CudaInstance of this stack')),
     ('job_timeout_too_short', job_case({'timeout': 5}, 'timeout', '5 is out of range',
                                        'min: 30')),
 
@@ -329,7 +357,8 @@ class TestBadInput(base.FunctionalTestCase):
         if self.kind == 'flavor':
             props = {'name': self.stack_name + '-flavor', 'vcpus': 2, 'ram': 1024,
                      'gpu_model': 'p100'}
-            props.update(self.props)
+            props.update({k: v.format(tag=self.tag) if isinstance(v, str) else v
+                          for k, v in self.props.items()})
             resources = {'gpu_flavor': {'type': 'OS::GPU::Flavor', 'properties': {
                 k: v for k, v in props.items() if v is not None}}}
         elif self.kind == 'instance':
@@ -380,5 +409,5 @@ class TestBadInput(base.FunctionalTestCase):
             self.addCleanup(self.delete_stack, resp['stack']['id'], client=self.client)
             self.fail('stack create accepted the bad input of %s' % self.id())
         for part in self.expected:
-            self.assertIn(part.format(flavor=self.flavor_name), message)
+            self.assertIn(part.format(flavor=self.flavor_name, tag=self.tag), message)
         self._assert_nothing_created(claims_before)
