@@ -346,6 +346,8 @@ class TestBadInput(base.FunctionalTestCase):
             params = dict(self.params)
             if self.path != 'hot/gpu_flavors.yaml':
                 params.setdefault('image', IMAGE)
+            if 'network' in (template.get('parameters') or {}):
+                params.setdefault('network', base.localcloud.PRIVATE_NETWORK['name'])
             else:
                 # Flavors this test made would carry its tag (the leak check sees them).
                 params.setdefault('name_prefix', self.tag)
