@@ -13,8 +13,9 @@
 
 """OS::GPU::CudaInstance when things go wrong: a silent guest, reboots, deletes, contention.
 
-Every test ends with nothing left behind (the base class checks stacks, servers, flavors and PCI
-claims), and stacks end in a final state (COMPLETE or FAILED, then deleted).
+Every test ends with nothing left behind (the base class checks stacks, servers, flavors, PCI
+claims and Neutron's ports, floating IPs, security groups, routers and networks), and stacks end
+in a final state (COMPLETE or FAILED, then deleted).
 """
 
 import collections
@@ -63,6 +64,33 @@ MIRROR_TEMPLATE = INSTANCE_TEMPLATE.replace(
     '      bootstrap_timeout: {get_param: bootstrap_timeout}\n',
     '      bootstrap_timeout: {get_param: bootstrap_timeout}\n'
     '      mirror_url: {get_param: mirror_url}\n')
+
+# A CudaInstance on a port of the demo project's network (a real Neutron port, bound by ML2).
+PORT_TEMPLATE = textwrap.dedent('''\
+    heat_template_version: 2021-04-16
+    parameters:
+      flavor: {type: string}
+      image: {type: string, default: ubuntu-22.04-cuda-prebaked}
+    resources:
+      port:
+        type: OS::Neutron::Port
+        properties:
+          network: private
+      gpu_vm:
+        type: OS::GPU::CudaInstance
+        properties:
+          flavor: {get_param: flavor}
+          image: {get_param: image}
+          networks: [{port: {get_resource: port}}]
+          bootstrap_timeout: 600
+    outputs:
+      server_id:
+        value: {get_resource: gpu_vm}
+      port_id:
+        value: {get_resource: port}
+      bootstrap_status:
+        value: {get_attr: [gpu_vm, bootstrap_status]}
+    ''')
 
 
 class FaultTestCase(base.FunctionalTestCase):
@@ -318,6 +346,42 @@ class TestServiceRestarts(FaultTestCase):
         self.delete_stack(stack_id)
         self.assert_stack_deleted(stack_id)
         self.assert_gone(server_id)
+
+    def test_neutron_server_crash_while_the_server_builds(self):
+        # The port exists and the server waits in BUILD (scheduler held) when neutron-server dies;
+        # the scheduler goes on while neutron is down, so nova-compute binds the port during the
+        # outage or just after it. The stack ends complete with the port bound and ACTIVE, or
+        # failed with a reason; either way its delete leaves no port, server or GPU behind.
+        self.skipTest('a guest with a port never reports: cloud-init 22.4 fails every stage '
+                      'with "Unable to find a system nic" for the MAC of network_data.json '
+                      '(the guest shares the host network); needs the guest side fixed first')
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        self._hold_scheduler()
+        stack_id = self.create_stack(template=PORT_TEMPLATE, parameters={'flavor': flavor.id})
+        server_id = self.wait_until(lambda: self.server_of(stack_id),
+                                    what='the server of stack %s' % stack_id, timeout=120)
+        self.assertEqual('BUILD', self.admin.compute.get_server(server_id).status)
+        port_id = self.heat_demo.resources.get(stack_id, 'port').physical_resource_id
+        self.assertEqual('DOWN', self.admin.network.get_port(port_id).status)
+
+        self.cloud.restart(['neutron-server'], crash=True, while_down=self._release_scheduler)
+
+        try:
+            stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        except base.StackFailed as exc:
+            self.assertIn('CREATE_FAILED', str(exc))
+        else:
+            self.assertEqual(port_id, self.outputs(stack)['port_id'])
+            self.assertEqual('SUCCESS', self.outputs(stack)['bootstrap_status'])
+            server = self.admin.compute.get_server(server_id)
+            port = self.admin.network.get_port(port_id)
+            self.assertEqual(('ACTIVE', server.compute_host, server_id),
+                             (port.status, port.binding_host_id, port.device_id))
+
+        self.delete_stack(stack_id)
+        self.assert_stack_deleted(stack_id)
+        self.assert_gone(server_id)
+        self.assertEqual([], list(self.admin.network.ports(id=port_id)))
 
     def test_heat_engine_crash_during_create(self):
         # heat-engine dies while the guest installs. Heat's convergence engine does not resume
