@@ -49,13 +49,11 @@ class TestNeutronConfig(testtools.TestCase):
         self.cloud = localcloud.Cloud(state_dir=self.state)
 
     def test_network_port_replaces_the_empty_endpoint(self) -> None:
-        self.assertNotIn('nullnet', localcloud.PORTS)
         self.assertEqual(9696, localcloud.PORTS['neutron'])
         self.assertEqual('http://127.0.0.1:9996', self.cloud.url('neutron'))
         self.assertEqual(self.cloud.url('neutron'), self.cloud.url('neutron-server'))
         self.assertEqual(9996, self.cloud.port('neutron-server'))
         self.assertIn('neutron-server', self.cloud.services())
-        self.assertNotIn('nullnet', self.cloud.services())
 
     def test_ml2_without_agents_binds_with_the_local_driver(self) -> None:
         ml2 = self.cloud.neutron_options()['ml2_conf.ini']
