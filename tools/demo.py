@@ -125,12 +125,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not stack_status('heat-gpu-demo', DEMO_STACK):
         openstack('heat-gpu-demo', 'stack', 'create', '-t', 'hot/gpu_instance.yaml',
                   '--parameter', 'flavor=%s' % FLAVOR_NAME, '--parameter', 'image=%s' % IMAGE,
+                  '--parameter', 'network=%s' % localcloud.PRIVATE_NETWORK['name'],
+                  '--parameter', 'external_network=%s' % localcloud.PUBLIC_NETWORK['name'],
                   DEMO_STACK)
     status = wait_stack('heat-gpu-demo', DEMO_STACK, timeout=TIMEOUT)
     t_stack = time.monotonic() - t_stack
     print('\n== Result: %s (stack took %.0f s)' % (status, t_stack), flush=True)
     print(openstack('heat-gpu-demo', 'stack', 'output', 'list', DEMO_STACK))
-    shown = ('gpus', 'driver_version', 'cuda_version', 'sample_summary', 'access')
+    shown = ('gpus', 'driver_version', 'cuda_version', 'sample_summary', 'fixed_ip',
+             'floating_ip', 'ssh')
     for key in shown:
         out = openstack('heat-gpu-demo', 'stack', 'output', 'show', DEMO_STACK, key, '-f',
                         'json', show=False, check=False)
@@ -149,6 +152,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print('== What nova assigned to %s (its PCI tracker, table pci_devices):' % server_id)
         for d in claims:
             print('   %(address)s  %(vendor_id)s:%(product_id)s  on %(host)s  %(status)s' % d)
+    if server_id:
+        print('== Its port in neutron (fixed address) and the floating IP bound to it:')
+        print(openstack('heat-gpu-demo', 'port', 'list', '--server', server_id, '-c', 'ID', '-c',
+                        'Fixed IP Addresses', '-c', 'Status', check=False))
+        print(openstack('heat-gpu-demo', 'floating', 'ip', 'list', '-c', 'Floating IP Address',
+                        '-c', 'Fixed IP Address', '-c', 'Port', check=False))
     total = time.monotonic() - t0
     print('\n== Wall time: %.0f s (cloud %.0f s %s, GPU stack %.0f s)'
           % (total, t_cloud, 'cold' if cold else 'warm', t_stack))

@@ -11,7 +11,7 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""OS::GPU::ServerAccess: how a GPU server of the hot/ templates is reached, a template the plugin ships.
+"""OS::GPU::ServerAccess: how a server of the hot/ templates is reached (a template of the plugin).
 
 A security group (ping and the given TCP ports from the given addresses), a port on the tenant's
 network in it, and an optional floating IP on an external network: the template

@@ -28,14 +28,19 @@ from typing import Any, Sequence
 
 from heatclient.common import template_utils
 from heatclient import exc as heat_exc
+import yaml
 
 from heat_gpu import catalog
 from tests.functional import base
 from tests import tenant_user_data
+from tools.localcloud import cloud
 
 IMAGE = 'ubuntu-22.04-gpu'
 PREBAKED_IMAGE = 'ubuntu-22.04-cuda-prebaked'
 PORTABLE_ENV = 'environments/portable.yaml'
+# The demo project's network and the external one, as the local cloud makes them.
+TENANT_NETWORK = cloud.PRIVATE_NETWORK['name']
+EXTERNAL_NETWORK = cloud.PUBLIC_NETWORK['name']
 
 # One CudaInstance and nothing else, for the cases the tenant template has no parameter for
 # (the mirror: the local cloud's, or one of its faults).
@@ -103,8 +108,18 @@ class GpuStackTestCase(base.FunctionalTestCase):
     """Helpers shared by the GPU stack tests."""
 
     def launch(self, fields: dict, *, parameters: dict, client: Any = None) -> str:
-        """Create a stack from ``template_fields`` output; deleted again at cleanup."""
+        """Create a stack from ``template_fields`` output; deleted again at cleanup.
+
+        A template with a ``network`` parameter gets the demo project's network unless
+        *parameters* names one (the floating IP network keeps its default, the cloud's external
+        network).
+        """
         client = client or self.heat_demo
+        template = fields['template']
+        if isinstance(template, str):
+            template = yaml.safe_load(template)
+        if 'network' in (template.get('parameters') or {}) and 'network' not in parameters:
+            parameters = dict(parameters, network=TENANT_NETWORK)
         resp = client.stacks.create(stack_name=self.unique_name('stack'), parameters=parameters,
                                     timeout_mins=10, **fields)
         stack_id = resp['stack']['id']
@@ -146,6 +161,43 @@ class GpuStackTestCase(base.FunctionalTestCase):
         # The plugin counts samples ("4/4 passed"); the plain-HOT provider counts results
         # ("7/7 samples passed"): all of them passed either way.
         self.assertRegex(outputs['sample_summary'], r'^(\d+)/\1 (samples )?passed\b')
+
+    def assert_network_access(self, outputs: dict, server_id: str, *, floating: bool = True,
+                              tcp_ports: Sequence[int] = (22,)) -> None:
+        """The server's port, security group and floating IP are what the outputs say.
+
+        Its one port is bound on its host, in a security group that opens exactly *tcp_ports*
+        and ping, with the fixed address of the outputs; a floating IP from the external network
+        points at it (or none, with *floating* false).
+        """
+        net = self.admin.network
+        ports = list(net.ports(device_id=server_id))
+        self.assertEqual(1, len(ports), ports)
+        port = ports[0]
+        private = net.find_network(TENANT_NETWORK)
+        self.assertEqual(private.id, port.network_id)
+        self.assertEqual('ACTIVE', port.status)
+        server = self.admin.compute.get_server(server_id)
+        self.assertEqual(server.compute_host, port.binding_host_id)
+        self.assertEqual([outputs['fixed_ip']], [ip['ip_address'] for ip in port.fixed_ips])
+        rules = [r for group in port.security_group_ids
+                 for r in net.security_group_rules(security_group_id=group)
+                 if r.direction == 'ingress']
+        opened = sorted(r.port_range_min for r in rules
+                        if r.protocol == 'tcp' and r.port_range_min == r.port_range_max)
+        self.assertEqual(sorted(tcp_ports), opened)
+        self.assertIn('icmp', [r.protocol for r in rules])
+        ips = list(net.ips(port_id=port.id))
+        if floating:
+            public = net.find_network(EXTERNAL_NETWORK)
+            self.assertEqual([outputs['floating_ip']], [ip.floating_ip_address for ip in ips])
+            self.assertEqual(public.id, ips[0].floating_network_id)
+            self.assertEqual(outputs['fixed_ip'], ips[0].fixed_ip_address)
+            self.assertEqual('ssh USER@%s' % outputs['floating_ip'], outputs['ssh'])
+        else:
+            self.assertEqual([], ips)
+            self.assertIn('no floating IP', outputs['floating_ip'])
+            self.assertEqual('ssh USER@%s' % outputs['fixed_ip'], outputs['ssh'])
 
     def stack_servers(self, stack_id: str) -> list[str]:
         """IDs of the nova servers in the stack tree."""
@@ -206,6 +258,7 @@ class TestTenantInstance(GpuStackTestCase):
         stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
         outputs = self.outputs(stack)
         first = outputs['server_id']
+        self.assert_network_access(outputs, first)
         self.assertEqual(1, len(outputs['gpus']), outputs['gpus'])
         self.assert_gpus_match_claim(outputs['gpus'], first)
         # P100 is Pascal (sm_60): CUDA 13 cannot build for it, the 12.x line is chosen.
@@ -234,6 +287,8 @@ class TestTenantInstance(GpuStackTestCase):
         self.assertEqual(2, len(outputs['gpus']), outputs['gpus'])
         self.assert_gpus_match_claim(outputs['gpus'], second)
         self.assert_samples_passed(outputs, gpus=2)
+        # The new server has the same port, addresses and floating IP.
+        self.assert_network_access(outputs, second)
         self.assert_server_released(first)
 
         self.delete_stack(stack_id)
@@ -254,11 +309,14 @@ class TestTenantInstance(GpuStackTestCase):
         # The local cloud is air-gapped, and without the plugin's [heat_gpu] options nothing
         # gives the provider templates its mirror (environments/README.md): the pre-baked image
         # needs no download, so the provider path still runs end to end.
+        # Without a floating IP: the server is reached on its fixed address.
         stack_id = self.launch(fields, parameters={'flavor': flavor.id,
-                                                   'image': PREBAKED_IMAGE})
+                                                   'image': PREBAKED_IMAGE,
+                                                   'external_network': ''})
         stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
         outputs = self.outputs(stack)
         server_id = outputs['server_id']
+        self.assert_network_access(outputs, server_id, floating=False)
         self.assert_gpus_match_claim(outputs['gpus'], server_id)
         self.assert_samples_passed(outputs, gpus=1)
 

@@ -169,6 +169,12 @@ class TestLaunchStackInHorizon(base.FunctionalTestCase):
                 self.assertLessEqual(shown.items(), names.items())
                 self.assertIn(IMAGE, shown.values())
                 return 'drop-down of your images'
+            if constraint == ['neutron.network']:
+                # The project's own and the shared networks that have a subnet.
+                names = {n.id: n.name for n in self.conn.network.networks()}
+                self.assertLessEqual({v: t for v, t in field.choices}.items(), names.items())
+                self.assertIn(localcloud.PRIVATE_NETWORK['name'], [t for _, t in field.choices])
+                return 'drop-down of your networks'
             return 'drop-down: %s' % ', '.join(t for _, t in field.choices)
         if field.widget == 'whole number':
             if field.minimum and field.maximum:
@@ -212,6 +218,9 @@ class TestLaunchStackInHorizon(base.FunctionalTestCase):
                                                                         count=count).id
         if 'image' in params:
             values['image'] = self.conn.image.find_image(IMAGE, ignore_missing=False).id
+        if 'network' in params:
+            values['network'] = self.conn.network.find_network(
+                localcloud.PRIVATE_NETWORK['name'], ignore_missing=False).id
         if 'name_prefix' in params and self.template == 'gpu_flavors.yaml':
             # Flavor names are global: this run's own prefix keeps them apart (and leak-checked).
             values['name_prefix'] = self.unique_name('fl')
@@ -253,7 +262,16 @@ class TestLaunchStackInHorizon(base.FunctionalTestCase):
         self.assertIn('Tesla P100', outputs['gpus'])
         self.assertRegex(outputs['driver_version'], r'^\d+\.\d+')
         self.assertRegex(outputs['cuda_version'], r'^\d+\.\d+')
-        self.assertIn('Compute > Instances', outputs['access'])
+        self.assert_reachable(outputs)
+
+    def assert_reachable(self, outputs: dict) -> None:
+        # The form's default floating IP network is the cloud's external one.
+        public = self.conn.network.find_network(localcloud.PUBLIC_NETWORK['name'],
+                                                ignore_missing=False)
+        floating = [ip.floating_ip_address for ip in self.conn.network.ips(
+            floating_network_id=public.id, fixed_ip_address=outputs['fixed_ip'])]
+        self.assertIn(outputs['floating_ip'], floating)
+        self.assertEqual('ssh USER@%s' % outputs['floating_ip'], outputs['ssh'])
 
     def check_gpu_multi(self, outputs: dict) -> None:
         self.assertEqual('2', outputs['gpu_count'])
@@ -261,10 +279,14 @@ class TestLaunchStackInHorizon(base.FunctionalTestCase):
         # The peer-to-peer test ran from the form's defaults.
         self.assertIn('p2p', outputs['p2p_results'])
         self.assertNotEqual('[]', outputs['p2p_results'].replace(' ', ''))
+        self.assert_reachable(outputs)
 
     def check_gpu_cluster(self, outputs: dict) -> None:
         self.assertEqual('True', outputs['all_passed'])
         self.assertEqual(2, len(re.findall(r'\d+/\d+ passed', outputs['summaries'])))
+        # The first node has the cluster's floating IP; every node an address on the network.
+        self.assertEqual(2, len(re.findall(r'10\.\d+\.\d+\.\d+', outputs['addresses'])))
+        self.assertEqual('ssh USER@%s' % outputs['floating_ip'], outputs['ssh'])
 
     def check_gpu_jupyter(self, outputs: dict) -> None:
         url = re.fullmatch(r'http://\S+:(8888)/lab\?token=([A-Za-z0-9]{32})', outputs['url'])

@@ -60,7 +60,7 @@ class TestNeutronConfig(testtools.TestCase):
         self.assertEqual('localcloud', ml2['ml2']['mechanism_drivers'])
         self.assertEqual('flat,vxlan', ml2['ml2']['type_drivers'])
         self.assertEqual('vxlan', ml2['ml2']['tenant_network_types'])
-        self.assertEqual('public', ml2['ml2_type_flat']['flat_networks'])
+        self.assertEqual('*', ml2['ml2_type_flat']['flat_networks'])
         self.assertEqual('gpu-host-1,gpu-host-2', ml2['localcloud']['hosts'])
 
     def test_bench_layout_hosts_are_bound_too(self) -> None:

@@ -656,7 +656,9 @@ class Cloud:
                 'mechanism_drivers': 'localcloud',
                 'extension_drivers': 'port_security',
             },
-            'ml2_type_flat': {'flat_networks': PUBLIC_NETWORK['physnet']},
+            # Any physical network name: an operator's provider network (the guide's admin
+            # template, hot/examples/gpu_lab_admin.yaml) is flat on a physnet of its own.
+            'ml2_type_flat': {'flat_networks': '*'},
             'ml2_type_vxlan': {'vni_ranges': '1:1000'},
             'securitygroup': {'enable_security_group': True},
             # Read by tools/localcloud/localcloud_net/localcloud_ml2.py.

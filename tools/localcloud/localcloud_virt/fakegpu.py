@@ -45,6 +45,7 @@ from nova.api.metadata import base as instance_metadata
 from nova.compute import power_state
 import nova.conf
 from nova import exception
+from nova.network import model as network_model
 from nova.virt import fake
 from nova.virt import node as virt_node
 
@@ -223,10 +224,20 @@ class FakeGpuDriver(fake.FakeDriver):
 
     def _write_config_drive(self, instance, injected_files, admin_password,
                             network_info) -> None:
-        """The config drive's files, as nova's libvirt driver puts them on its ISO image."""
+        """The config drive's files, as nova's libvirt driver puts them on its ISO image.
+
+        But for the NICs: the guest shares the host's network (the data plane is simulated), so
+        it has no NIC with the MAC of its neutron port, and cloud-init, which looks the links of
+        ``network_data.json`` up by MAC, would fail every stage ("Unable to find a system nic").
+        The drive is written as for a server without ports; neutron, nova and the server's
+        addresses still have the port.
+        """
+        del network_info
         extra_md = {'admin_pass': admin_password} if admin_password else {}
+        # An empty list, not None: for None nova reads the instance's network info cache.
         inst_md = instance_metadata.InstanceMetadata(
-            instance, content=injected_files, extra_md=extra_md, network_info=network_info)
+            instance, content=injected_files, extra_md=extra_md,
+            network_info=network_model.NetworkInfo([]))
         drive = os.path.join(self._guest_dir(instance.uuid), 'config-drive')
         for path, data in inst_md.metadata_for_config_drive():
             target = os.path.join(drive, path)
