@@ -428,3 +428,47 @@ class TestTenantUserData(GpuStackTestCase):
         self.delete_stack(stack_id)
         for server_id in servers.values():
             self.assert_server_released(server_id)
+
+
+class TestCluster(GpuStackTestCase):
+    """hot/gpu_cluster.yaml from the command line: nodes on one network, one host each."""
+
+    def test_spread_nodes_share_a_network_and_a_security_group(self):
+        flavor = self.create_gpu_flavor(alias='p100', count=1)
+        prefix = self.unique_name('node')
+        stack_id = self.launch(template_fields('hot/gpu_cluster.yaml'),
+                               parameters={'flavor': flavor.id, 'image': IMAGE,
+                                           'node_count': 2, 'spread': True,
+                                           'name_prefix': prefix})
+        stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE')
+        outputs = self.outputs(stack)
+        self.assertTrue(outputs['all_passed'])
+        names = outputs['names']
+        self.assertEqual(['%s-0' % prefix, '%s-1' % prefix], names)
+        servers = [self.admin.compute.find_server(n, all_projects=True, ignore_missing=False)
+                   for n in names]
+        # The anti-affinity server group put the nodes on different hosts.
+        hosts = [s.compute_host for s in servers]
+        self.assertEqual(2, len(set(hosts)), hosts)
+        groups = [g for g in self.admin.compute.server_groups(all_projects=True)
+                  if g.name == '%s-cluster' % prefix]
+        self.assertEqual(1, len(groups), groups)
+        self.assertEqual({s.id for s in servers}, set(groups[0].member_ids))
+        net = self.admin.network
+        ports = [list(net.ports(device_id=s.id)) for s in servers]
+        self.assertEqual([1, 1], [len(p) for p in ports])
+        ports = [p[0] for p in ports]
+        self.assertEqual(outputs['addresses'], [p.fixed_ips[0]['ip_address'] for p in ports])
+        # One security group between the nodes (every protocol from its own members) on both.
+        shared = set(ports[0].security_group_ids) & set(ports[1].security_group_ids)
+        self.assertEqual(1, len(shared), shared)
+        rules = list(net.security_group_rules(security_group_id=shared.pop()))
+        self.assertEqual({'tcp', 'udp', 'icmp'},
+                         {r.protocol for r in rules if r.remote_group_id == r.security_group_id})
+        # The first node alone has a floating IP, and the ssh line goes there.
+        fips = [[ip.floating_ip_address for ip in net.ips(port_id=p.id)] for p in ports]
+        self.assertEqual([[outputs['floating_ip']], []], fips)
+        self.assertEqual('ssh USER@%s' % outputs['floating_ip'], outputs['ssh'])
+        self.delete_stack(stack_id)
+        for server in servers:
+            self.assert_server_released(server.id)

@@ -724,8 +724,11 @@ class Cloud:
             'conductor': {'workers': 1},
             'scheduler': {'workers': 1, 'discover_hosts_in_cells_interval': -1},
             'filter_scheduler': {
+                # nova's defaults (the server group filters: hot/gpu_cluster.yaml's spread)
+                # and PciPassthroughFilter.
                 'enabled_filters': 'ComputeFilter,ComputeCapabilitiesFilter,'
-                                   'ImagePropertiesFilter,PciPassthroughFilter',
+                                   'ImagePropertiesFilter,ServerGroupAntiAffinityFilter,'
+                                   'ServerGroupAffinityFilter,PciPassthroughFilter',
                 'pci_in_placement': True,
             },
             'pci': self.nova_pci_options(),
