@@ -264,6 +264,19 @@ SCENARIOS = [
     ('hot_instance_no_such_flavor', hot_case('hot/gpu_instance.yaml',
                                              {'flavor': 'hgft-no-such-flavor'}, 'flavor',
                                              'hgft-no-such-flavor', 'No Flavor matching')),
+    ('hot_instance_no_such_network', hot_case('hot/gpu_instance.yaml',
+                                              {'flavor': 'FLAVOR', 'network': 'hgft-no-such-net'},
+                                              "Parameter 'network' is invalid", 'hgft-no-such-net',
+                                              'Unable to find network', specs=P100)),
+    # The next two reach OS::GPU::ServerAccess, which heat validates when it creates the nested
+    # stack: the stack fails at once, naming the value and the rule, before anything is made.
+    ('hot_instance_allowed_from_not_cidr', hot_case(
+        'hot/gpu_instance.yaml', {'flavor': 'FLAVOR', 'allowed_from': 'anywhere'},
+        'remote_ip_prefix', "'anywhere'", 'Invalid net cidr', specs=P100, at_create=True)),
+    ('hot_instance_no_such_external_network', hot_case(
+        'hot/gpu_instance.yaml', {'flavor': 'FLAVOR', 'external_network': 'hgft-no-such-ext'},
+        'floating_network', "'hgft-no-such-ext'", 'Unable to find network', specs=P100,
+        at_create=True)),
     ('hot_cluster_zero_nodes', hot_case('hot/gpu_cluster.yaml',
                                         {'flavor': 'FLAVOR', 'node_count': '0'}, 'node_count',
                                         '0', 'min: 1', specs=P100)),
