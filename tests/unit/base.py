@@ -16,11 +16,14 @@
 # heat.tests.common must be imported before heat.engine.stack (oslo.service backend selection).
 from heat.tests import common  # isort: skip
 
+import importlib
 import logging
 import os
+import pkgutil
 import sys
 
 import fixtures
+from heat.engine import resource
 from heat.engine import resources
 from oslo_config import cfg
 
@@ -36,6 +39,19 @@ def init_global_environment() -> None:
         cfg.CONF.set_default('environment_dir', env_dir)
     with fixtures.FakeLogger(level=logging.WARNING):
         resources.initialise()
+
+
+def register_plugin() -> None:
+    """Register every resource type of heat_gpu.resources, as heat's plugin loader does.
+
+    Registration lives in heat's global environment, which other tests reload; a test that
+    needs the plugin's types registers them itself instead of relying on the test order.
+    """
+    import heat_gpu.resources as package
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f'{package.__name__}.{info.name}')
+        for name, cls in getattr(module, 'resource_mapping', dict)().items():
+            resource._register_class(name, cls)
 
 
 class HeatGpuTestCase(common.HeatTestCase):

@@ -45,9 +45,6 @@ from heatclient.common import template_utils
 from oslo_serialization import jsonutils
 
 from heat_gpu import catalog
-from heat_gpu.resources import cluster_node
-from heat_gpu.resources import flavor_set_member
-from heat_gpu.resources import server_access
 from heat_gpu import templates
 from tools import inline_scripts
 
@@ -417,15 +414,8 @@ class TestLaunchable(testtools.TestCase):
                 self.assertIsInstance(param.get('default', ''), str, name)
 
     def test_validates_with_the_plugin(self):
-        from heat.engine import resource
-        from heat_gpu.resources import cuda_instance
-        from heat_gpu.resources import gpu_flavor
-        from heat_gpu.resources import sample_job
         base.init_global_environment()
-        for module in (cuda_instance, gpu_flavor, sample_job, cluster_node, flavor_set_member,
-                       server_access):
-            for name, cls in module.resource_mapping().items():
-                resource._register_class(name, cls)
+        base.register_plugin()
         tmpl, files, env = load_with_files(self.path)
         validate_stack(tmpl, files, env)
 
@@ -453,6 +443,7 @@ class TestResolvedProperties(testtools.TestCase):
     def instance_properties(self, **params) -> dict:
         from heat.engine import environment
         base.init_global_environment()
+        base.register_plugin()
         tmpl = template_format.parse(read(os.path.join(ROOT, self.path)))
         values = dict(self.params, flavor='gpu.p100', image='ubuntu', **params)
         stack = parser.Stack(utils.dummy_context(), 'resolve',
@@ -486,6 +477,7 @@ class TestExpressions(testtools.TestCase):
     def evaluate(self, path: str, snippet: dict, data: dict, params: Optional[dict] = None):
         from heat.engine import environment
         base.init_global_environment()
+        base.register_plugin()
         tmpl = template_format.parse(read(os.path.join(ROOT, path)))
         stack = parser.Stack(utils.dummy_context(), 'yaql',
                              template.Template(tmpl, env=environment.Environment(
