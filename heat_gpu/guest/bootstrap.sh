@@ -160,7 +160,14 @@ try:
         tail = [x.rstrip('\n') for x in f.readlines()[-20:]]
 except OSError:
     tail = []
-report = {'phase': phase, 'phases': phases, 'gpus': gpus,
+# Signals are numbered across reboots, so Heat can tell a late or repeated one from a newer one.
+try:
+    seq = int(read('signal-seq', '0')) + 1
+except ValueError:
+    seq = 1
+with open(os.path.join(state, 'signal-seq'), 'w', encoding='utf-8') as f:
+    f.write('%d\n' % seq)
+report = {'seq': seq, 'phase': phase, 'phases': phases, 'gpus': gpus,
           'driver_version': read('driver_version') or None,
           'cuda_version': read('cuda_version') or None,
           'method': read('method') or None, 'distro': read('distro') or None,

@@ -45,6 +45,7 @@ from heat_gpu import exception as gpu_exception
 from heat_gpu import gpu_request
 from heat_gpu import heat_compat
 from heat_gpu import overlay
+from heat_gpu import resource_state
 from heat_gpu import userdata
 
 LOG = logging.getLogger(__name__)
@@ -57,7 +58,12 @@ _Server = server.Server
 GUEST_STATUSES = (GUEST_IN_PROGRESS, GUEST_SUCCESS, GUEST_FAILURE) = (
     'IN_PROGRESS', 'SUCCESS', 'FAILURE')
 
-#: Resource data keys holding the guest's last signal.
+#: Statuses after which the guest has nothing more to say.
+_FINAL_STATUSES = (GUEST_SUCCESS, GUEST_FAILURE)
+#: Resource data key holding the guest's last signal, one JSON object (status, reason, report,
+#: seq) written atomically (heat_gpu.resource_state): any engine worker may handle a signal.
+_GUEST_KEY = 'gpu_guest'
+#: Keys earlier releases kept the same facts in, one row each; read for resources they created.
 _STATUS_KEY, _REASON_KEY, _REPORT_KEY = 'gpu_status', 'gpu_reason', 'gpu_report'
 #: Resource data key holding what the flavor asks for: gpu_mode, gpu_count, gpu_model.
 _FACTS_KEY = 'gpu_request'
@@ -299,6 +305,8 @@ class CudaInstance(_Server):
         request = self._gpu_request(missing_flavor_ok=False)
         for key in (_STATUS_KEY, _REASON_KEY, _REPORT_KEY):
             self.data_delete(key)
+        # A create retried after "No valid host" starts a new guest: forget the last one's.
+        resource_state.update(self.context, self.id, _GUEST_KEY, lambda current: {})
         model = self._model(request)
         self.data_set(_FACTS_KEY, json.dumps({
             'gpu_mode': request.mode, 'gpu_count': request.count,
@@ -315,18 +323,44 @@ class CudaInstance(_Server):
         deadline = timeutils.utcnow() + datetime.timedelta(seconds=timeout)
         with overlay.properties_overridden(self, {self.USER_DATA: user_data}):
             server_id = super().handle_create()
+        LOG.info('%s (stack %s): server %s created; waiting up to %d s for its guest',
+                 self.name, self.stack.id, server_id, timeout)
         return _BootWait(server_id=server_id, deadline=deadline, timeout=timeout)
 
     def handle_signal(self, details: Any = None) -> str:
+        """Record a guest's signal, unless a newer one or a final one is recorded already.
+
+        Signals may reach heat in any order and more than once (the guest retries its final
+        signal; a retry may overtake a slow first try) and be handled by any worker of any
+        engine while another one polls this resource. The guest numbers its signals (report
+        ``seq``); the check and the write are one atomic step (heat_gpu.resource_state).
+        """
         status, reason, report = self._parse_signal(details)
-        current = self._guest_state()[0]
-        if status == GUEST_IN_PROGRESS and current in (GUEST_SUCCESS, GUEST_FAILURE):
-            raise resource.NoActionRequired(res_name=self.name,
-                                            reason='the guest already reported %s' % current)
-        self.data_set(_REPORT_KEY, json.dumps(report))
-        self.data_set(_REASON_KEY, reason)
-        self.data_set(_STATUS_KEY, status)
+        seq = report.get('seq')
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            seq = None
+        refused = []
+
+        def decide(current: Optional[dict]) -> Optional[dict]:
+            current = current or {}
+            stored, stored_seq = current.get('status'), current.get('seq')
+            if stored in _FINAL_STATUSES:
+                refused.append('the guest already reported %s' % stored)
+                return None
+            if seq is not None and isinstance(stored_seq, int) and seq <= stored_seq:
+                refused.append('signal %d is not newer than signal %d, recorded already'
+                               % (seq, stored_seq))
+                return None
+            return {'status': status, 'reason': reason, 'report': report, 'seq': seq}
+
+        resource_state.update(self.context, self.id, _GUEST_KEY, decide)
+        if refused:
+            LOG.info('%s (stack %s): guest signal %s (seq %s) ignored: %s',
+                     self.name, self.stack.id, status, seq, refused[0])
+            raise resource.NoActionRequired(res_name=self.name, reason=refused[0])
         phase = report.get('phase') or 'boot'
+        LOG.info('%s (stack %s): guest signal %s (phase %s, seq %s) recorded',
+                 self.name, self.stack.id, status, phase, seq)
         if status == GUEST_IN_PROGRESS:
             return 'phase %s%s' % (phase, ': %s' % reason if reason else '')
         if status == GUEST_SUCCESS:
@@ -659,6 +693,13 @@ class CudaInstance(_Server):
     def _guest_state(self) -> tuple[Optional[str], Optional[str], dict]:
         """The guest's last status, reason and report, read fresh from the database."""
         data = self._fresh_data()
+        if _GUEST_KEY in data:
+            try:
+                guest = json.loads(data[_GUEST_KEY] or '{}')
+            except ValueError:
+                guest = {}
+            report = guest.get('report') if isinstance(guest.get('report'), dict) else {}
+            return guest.get('status'), guest.get('reason'), report
         try:
             report = json.loads(data.get(_REPORT_KEY) or '{}')
         except ValueError:

@@ -574,6 +574,41 @@ class CudaInstanceTest(CudaInstanceTestBase):
         rsrc.signal({'status': 'IN_PROGRESS', 'data': json.dumps({'phase': 'verify'})})
         self.assertEqual('SUCCESS', attr(rsrc, 'bootstrap_status'))
 
+    def test_signals_out_of_order_and_repeated(self):
+        # The guest numbers its signals; heat may get them late, twice, or in another order.
+        stack, rsrc, runner = self._start()
+
+        def send(status, seq, phase):
+            rsrc.signal({'status': status, 'data': report(seq=seq, phase=phase)})
+
+        def recorded():
+            return attr(rsrc, 'bootstrap_status'), rsrc._guest_state()[2].get('phase')
+
+        send('IN_PROGRESS', 3, 'install-cuda')
+        send('IN_PROGRESS', 2, 'install-driver')   # overtaken by 3: ignored
+        send('IN_PROGRESS', 3, 'install-cuda')     # a repeat: ignored
+        self.assertEqual(('IN_PROGRESS', 'install-cuda'), recorded())
+        send('SUCCESS', 5, 'verify')
+        send('IN_PROGRESS', 4, 'verify')           # older than the final one
+        send('FAILURE', 6, 'verify')               # after the final one: the first final stays
+        send('SUCCESS', 5, 'verify')               # the final signal retried
+        self.assertEqual(('SUCCESS', 'verify'), recorded())
+        # Only the two recorded signals became events.
+        signals = sorted(r.split(':')[1].strip() for r in self._events(stack)
+                         if r.startswith('Signal: '))
+        self.assertEqual(['GPU ready', 'phase install-cuda'], signals)
+        self.assertEqual(['gpu_guest'], [k for k in rsrc.data() if k.startswith('gpu_g')])
+        self.server.status = 'ACTIVE'
+        runner.run_to_completion()
+        self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+
+    def test_unnumbered_signals_in_arrival_order(self):
+        # A guest of an earlier release sends no seq: its signals count in the order they come.
+        stack, rsrc, runner = self._start()
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': report(phase='install-cuda')})
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': report(phase='install-driver')})
+        self.assertEqual('install-driver', rsrc._guest_state()[2].get('phase'))
+
     def test_failure_reports_reason_and_log_tail(self):
         stack, rsrc, runner = self._start()
         tail = ['dkms: building nvidia/550', 'error: kernel headers 5.15.0-91 not found']
@@ -666,6 +701,9 @@ class CudaInstanceTest(CudaInstanceTestBase):
         """A pre-baked P100 image: the boot script detects, verifies and reports in seconds."""
         stack, rsrc, runner, signals = self._boot_in_gpusim(prebaked=True)
         self.assertEqual('SUCCESS', signals[-1]['status'])
+        # Numbered from 1 in the order sent.
+        self.assertEqual(list(range(1, len(signals) + 1)),
+                         [json.loads(body['data'])['seq'] for body in signals])
         for body in signals:
             rsrc.signal(body)
         runner.run_to_completion()
