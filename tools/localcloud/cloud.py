@@ -33,6 +33,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -134,6 +135,17 @@ LAYOUTS = {
     'bench': _bench_host_devices(),
 }
 LAYOUT_ENV = 'HEAT_GPU_CLOUD_LAYOUT'
+
+# How Heat runs (HEAT_GPU_CLOUD_HEAT). "production" is what clouds run: two heat-engine
+# processes (two controllers' worth, each with its own host name) behind the one RPC topic, each
+# forking num_engine_workers workers (heat's default is the number of cores, at least 4), and a
+# heat-api of several workers; a guest's signal, a resource's polling and a stack's other
+# resources may land on any worker of either engine. "single" is one engine with one worker.
+HEAT_LAYOUTS = {
+    'production': {'engines': 2, 'engine_workers': 4, 'api_workers': 2},
+    'single': {'engines': 1, 'engine_workers': 1, 'api_workers': 1},
+}
+HEAT_LAYOUT_ENV = 'HEAT_GPU_CLOUD_HEAT'
 PORT_OFFSET_ENV = 'HEAT_GPU_CLOUD_PORT_OFFSET'
 
 IMAGES = (
@@ -214,6 +226,26 @@ def _proc_stat(pid: int) -> list[str] | None:
         return None
 
 
+def _engine_names(count: int) -> list[str]:
+    return ['heat-engine' + ('-%d' % (i + 1) if i else '') for i in range(count)]
+
+
+def _every_engine() -> list[str]:
+    return _engine_names(max(layout['engines'] for layout in HEAT_LAYOUTS.values()))
+
+
+def _sql_id(text: str) -> str:
+    """A heat id (a UUID) checked before it goes into SQL."""
+    if not re.fullmatch(r'[0-9a-fA-F-]{36}', text):
+        raise CloudError('not a heat id: %r' % text)
+    return text
+
+
+def _api_time(text: str) -> datetime.datetime:
+    """A time as heat's API shows it (ISO 8601, UTC, without a zone)."""
+    return datetime.datetime.fromisoformat(text.rstrip('Z').split('+')[0])
+
+
 def _group_alive(pgid: int) -> bool:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pgid, os.WNOHANG)
@@ -289,6 +321,12 @@ class Cloud:
                 raise CloudError('%s=%r is not a known host layout: use one of %s' % (
                     LAYOUT_ENV, os.environ[LAYOUT_ENV], ', '.join(sorted(LAYOUTS))))
             wanted['layout'] = os.environ[LAYOUT_ENV]
+        if os.environ.get(HEAT_LAYOUT_ENV):
+            if os.environ[HEAT_LAYOUT_ENV] not in HEAT_LAYOUTS:
+                raise CloudError('%s=%r is not a known heat layout: use one of %s' % (
+                    HEAT_LAYOUT_ENV, os.environ[HEAT_LAYOUT_ENV],
+                    ', '.join(sorted(HEAT_LAYOUTS))))
+            wanted['heat'] = os.environ[HEAT_LAYOUT_ENV]
         path = self.path('settings.json')
         if os.path.exists(path):
             with open(path, encoding='utf-8') as f:
@@ -305,7 +343,8 @@ class Cloud:
             self._settings = stored
         else:
             self._settings = {'port_offset': wanted.get('port_offset', 0),
-                              'layout': wanted.get('layout', 'test')}
+                              'layout': wanted.get('layout', 'test'),
+                              'heat': wanted.get('heat', 'production')}
         return self._settings
 
     def _save_settings(self) -> None:
@@ -321,6 +360,20 @@ class Cloud:
     def host_devices(self) -> dict:
         """The simulated GPUs of each compute host in this cloud's layout."""
         return LAYOUTS[self.settings['layout']]
+
+    @property
+    def heat_layout(self) -> dict:
+        """Engines, workers per engine and heat-api workers of this cloud's heat layout."""
+        return HEAT_LAYOUTS[self.settings.get('heat', 'production')]
+
+    @property
+    def heat_engines(self) -> tuple:
+        """The heat-engine services: heat-engine, then heat-engine-2 and on (one per controller)."""
+        return tuple(_engine_names(self.heat_layout['engines']))
+
+    def engine_host(self, name: str) -> str:
+        """The [DEFAULT] host a heat-engine service runs as (a controller's name)."""
+        return 'controller-%d' % (self.heat_engines.index(name) + 1)
 
     @property
     def compute_hosts(self) -> tuple:
@@ -439,6 +492,13 @@ class Cloud:
             return None
         return pid
 
+    def _started_at(self, name: str) -> datetime.datetime | None:
+        """When a running service was started (UTC, naive as heat's times are)."""
+        if self.pid(name) is None:
+            return None
+        stamp = os.stat(self._pid_file(name)).st_mtime
+        return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).replace(tzinfo=None)
+
     def _spawn(self, name: str, argv: list[str], *, env: dict | None = None) -> int:
         full_env = dict(self._base_env(), **(env or {}))
         full_env['HEAT_GPU_CLOUD_SERVICE'] = name
@@ -524,7 +584,7 @@ class Cloud:
         return (['mariadb', 'epmd', 'rabbitmq', 'keystone', 'placement', 'glance',
                  'neutron-server', 'mirror', 'nova-api', 'nova-conductor', 'nova-scheduler']
                 + ['nova-compute-%s' % h for h in self.compute_hosts]
-                + ['heat-api', 'heat-engine']
+                + ['heat-api'] + list(self.heat_engines)
                 + (['horizon'] if self._horizon or self.pid('horizon') else []))
 
     # Configuration
@@ -776,7 +836,7 @@ class Cloud:
             'DEFAULT': {
                 'debug': False, 'use_stderr': True,
                 'transport_url': self.transport_url(),
-                'num_engine_workers': 1,
+                'num_engine_workers': self.heat_layout['engine_workers'],
                 'convergence_engine': True,
                 'plugin_dirs': self.plugin_dir(),
                 'environment_dir': env_dir,
@@ -787,7 +847,6 @@ class Cloud:
                 'deferred_auth_method': 'trusts',
                 'heat_metadata_server_url': self.url('heat-api'),
                 'heat_waitcondition_server_url': self.url('heat-api') + '/v1/waitcondition',
-                'host': 'localcloud',
                 'graceful_shutdown_timeout': 5,
             },
             # The instances reach no internet: they install from the local cloud's mirror,
@@ -811,6 +870,10 @@ class Cloud:
             'oslo_messaging_notifications': {'driver': 'noop'},
             'oslo_concurrency': {'lock_path': self.path('locks')},
         }))
+        # Each engine runs as a controller of its own (heat's services list them by host).
+        for name in self.heat_engines:
+            self._write(os.path.join(etc, name + '.conf'), _ini({
+                'DEFAULT': {'host': self.engine_host(name)}}))
 
     def _write_rabbitmq(self) -> None:
         self._write(self.path('rabbitmq', 'rabbitmq.conf'), '\n'.join([
@@ -949,7 +1012,7 @@ class Cloud:
     # OpenStack services
 
     def _gunicorn(self, name: str, app: str, *, argv0: str, config_env: dict,
-                  extra_argv: list[str] | None = None, threads: int = 8,
+                  extra_argv: list[str] | None = None, threads: int = 8, workers: int = 1,
                   access_log: bool = False, python_path: tuple = ()) -> None:
         if self.pid(name):
             return
@@ -958,7 +1021,8 @@ class Cloud:
         env['LOCALCLOUD_WSGI_ARGV'] = json.dumps([argv0] + (extra_argv or []))
         env['PYTHONPATH'] = os.pathsep.join((HERE,) + tuple(python_path))
         self._spawn(name, [
-            _venv_bin('gunicorn'), '--bind', '%s:%d' % (HOST, self.port(name)), '--workers', '1',
+            _venv_bin('gunicorn'), '--bind', '%s:%d' % (HOST, self.port(name)),
+            '--workers', str(workers),
             '--worker-class', 'gthread', '--threads', str(threads), '--timeout', '300',
             # Clients poll every few seconds over pooled connections: an idle timeout shorter
             # than the poll interval makes them send on a connection the server just closed.
@@ -1022,9 +1086,12 @@ class Cloud:
 
     def _start_heat(self) -> None:
         self._gunicorn('heat-api', 'heat.wsgi.api:application', argv0='heat-api',
-                       config_env={}, extra_argv=self._heat_conf())
-        if not self.pid('heat-engine'):
-            self._spawn('heat-engine', [_venv_bin('heat-engine')] + self._heat_conf())
+                       config_env={}, extra_argv=self._heat_conf(),
+                       workers=self.heat_layout['api_workers'])
+        for name in self.heat_engines:
+            if not self.pid(name):
+                self._spawn(name, [_venv_bin('heat-engine')] + self._heat_conf() + [
+                    '--config-file', os.path.join(self.etc, 'heat', name + '.conf')])
 
     # One-time setup steps
 
@@ -1243,14 +1310,23 @@ class Cloud:
                   log='nova-discover-hosts')
 
     def _engine_up(self) -> bool:
+        """Whether every worker of every heat-engine reports to heat-api since it started."""
         try:
             conn = self.connection()
             resp = conn.session.get(
                 self.url('heat-api') + '/v1/%s/services' % conn.current_project_id, timeout=10)
-            return any(s['binary'] == 'heat-engine' and s['status'] == 'up'
-                       for s in resp.json()['services'])
+            services = resp.json()['services']
         except Exception:  # any API error means: not yet
             return False
+        for name in self.heat_engines:
+            started = self._started_at(name)
+            up = [s for s in services
+                  if s['binary'] == 'heat-engine' and s['status'] == 'up'
+                  and s['host'] == self.engine_host(name)
+                  and (started is None or _api_time(s['created_at']) >= started)]
+            if len(up) < self.heat_layout['engine_workers']:
+                return False
+        return True
 
     # Commands
 
@@ -1406,6 +1482,19 @@ class Cloud:
                 'instance_uuid')
         return [dict(zip(keys, line.split('\t'))) for line in out.splitlines() if line.strip()]
 
+    def engines_holding(self, stack_id: str) -> list[str]:
+        """The heat-engine services whose workers hold a resource of the stack now.
+
+        Heat's convergence engine marks a resource it is working on with the engine id of the
+        worker (heat.resource.engine_id); the worker's service record names its host.
+        """
+        hosts = self._mysql(
+            "SELECT DISTINCT s.host FROM heat.resource r JOIN heat.service s "
+            "ON s.engine_id = r.engine_id WHERE r.engine_id IS NOT NULL "
+            "AND (r.stack_id = '%s' OR r.root_stack_id = '%s')" % (
+                _sql_id(stack_id), _sql_id(stack_id))).split()
+        return [name for name in self.heat_engines if self.engine_host(name) in hosts]
+
     def rss_mib(self) -> dict:
         return {name: _group_rss_kib(pid) // 1024 for name, pid in self.running().items()
                 if pid is not None}
@@ -1431,9 +1520,10 @@ class Cloud:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker('ready'))
             tiers = [
-                ['horizon', 'heat-api', 'heat-engine', 'nova-api', 'neutron-server', 'mirror',
-                 'glance',
-                 'placement', 'nova-scheduler', 'nova-conductor']
+                # Every engine any heat layout has: one the layout no longer lists goes too.
+                ['horizon', 'heat-api'] + _every_engine() + [
+                    'nova-api', 'neutron-server', 'mirror', 'glance', 'placement',
+                    'nova-scheduler', 'nova-conductor']
                 + ['nova-compute-%s' % h for h in self.compute_hosts],
                 ['keystone'],
                 ['rabbitmq', 'mariadb'],
@@ -1473,6 +1563,9 @@ class Cloud:
         lines.append('layout: %s (%d GPUs on %s); port offset: %d' % (
             self.settings['layout'], sum(len(d) for d in self.host_devices.values()),
             ', '.join(self.compute_hosts), self.settings['port_offset']))
+        lines.append('heat: %s (%d engine(s) of %d worker(s), heat-api %d worker(s))' % (
+            self.settings.get('heat', 'production'), self.heat_layout['engines'],
+            self.heat_layout['engine_workers'], self.heat_layout['api_workers']))
         lines.append('ready: %s' % ('yes' if self.is_up() else 'no'))
         return '\n'.join(lines)
 
