@@ -442,10 +442,13 @@ class CudaInstance(_Server):
     def _count_no_host_failure(self) -> int:
         """Count one more "No valid host" of this create (heat's retries included)."""
         traversal = self.stack.current_traversal or ''
-        stored = json.loads(self._fresh_data().get(_NO_HOST_KEY) or '{}')
-        count = stored.get('count', 0) + 1 if stored.get('traversal') == traversal else 1
-        self.data_set(_NO_HOST_KEY, json.dumps({'traversal': traversal, 'count': count}))
-        return count
+
+        def bump(stored: Optional[dict]) -> dict:
+            stored = stored or {}
+            count = stored.get('count', 0) + 1 if stored.get('traversal') == traversal else 1
+            return {'traversal': traversal, 'count': count}
+
+        return resource_state.update(self.context, self.id, _NO_HOST_KEY, bump)[0]['count']
 
     def _resolve_attribute(self, name: str) -> Any:
         if name not in self.ATTRIBUTES:
