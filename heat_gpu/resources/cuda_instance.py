@@ -328,39 +328,58 @@ class CudaInstance(_Server):
         return _BootWait(server_id=server_id, deadline=deadline, timeout=timeout)
 
     def handle_signal(self, details: Any = None) -> str:
-        """Record a guest's signal, unless a newer one or a final one is recorded already.
+        """Record a guest's signal: the newest one is the resource's state, every one an event.
 
-        Signals may reach heat in any order and more than once (the guest retries its final
-        signal; a retry may overtake a slow first try) and be handled by any worker of any
-        engine while another one polls this resource. The guest numbers its signals (report
-        ``seq``); the check and the write are one atomic step (heat_gpu.resource_state).
+        Signals may reach heat in any order and more than once (heat-api hands each to any
+        worker of any engine without waiting for the last one; the guest retries its final
+        signal, and a retry may overtake a slow first try), while another worker polls this
+        resource. The guest numbers its signals (report ``seq``), and the check and the write
+        are one atomic step (heat_gpu.resource_state):
+
+        - a number seen before is a repeat: ignored;
+        - progress older than the recorded signal, or after the final status, is history: it
+          becomes an event, the recorded state stays;
+        - after a final status (SUCCESS, FAILURE) another final one is ignored;
+        - a signal without a number (a guest of an earlier release) counts in arrival order.
         """
         status, reason, report = self._parse_signal(details)
         seq = report.get('seq')
         if not isinstance(seq, int) or isinstance(seq, bool):
             seq = None
-        refused = []
+        outcome = []
 
         def decide(current: Optional[dict]) -> Optional[dict]:
             current = current or {}
             stored, stored_seq = current.get('status'), current.get('seq')
+            seen = set(current.get('seen') or ())
+            if seq is not None and seq in seen:
+                outcome.append('ignored: signal %d was recorded already' % seq)
+                return None
+            late = None
             if stored in _FINAL_STATUSES:
-                refused.append('the guest already reported %s' % stored)
-                return None
-            if seq is not None and isinstance(stored_seq, int) and seq <= stored_seq:
-                refused.append('signal %d is not newer than signal %d, recorded already'
-                               % (seq, stored_seq))
-                return None
-            return {'status': status, 'reason': reason, 'report': report, 'seq': seq}
+                if seq is None or status != GUEST_IN_PROGRESS:
+                    outcome.append('ignored: the guest already reported %s' % stored)
+                    return None
+                late = 'after %s' % stored
+            elif (status == GUEST_IN_PROGRESS and seq is not None
+                  and isinstance(stored_seq, int) and seq < stored_seq):
+                # (A final status is the guest's last word whatever its number.)
+                late = 'after signal %d' % stored_seq
+            if seq is not None:
+                seen.add(seq)
+            if late:
+                outcome.append('recorded as history (it came %s)' % late)
+                return dict(current, seen=sorted(seen))
+            outcome.append('recorded')
+            return {'status': status, 'reason': reason, 'report': report, 'seq': seq,
+                    'seen': sorted(seen)}
 
         resource_state.update(self.context, self.id, _GUEST_KEY, decide)
-        if refused:
-            LOG.info('%s (stack %s): guest signal %s (seq %s) ignored: %s',
-                     self.name, self.stack.id, status, seq, refused[0])
-            raise resource.NoActionRequired(res_name=self.name, reason=refused[0])
         phase = report.get('phase') or 'boot'
-        LOG.info('%s (stack %s): guest signal %s (phase %s, seq %s) recorded',
-                 self.name, self.stack.id, status, phase, seq)
+        LOG.info('%s (stack %s): guest signal %s (phase %s, seq %s) %s',
+                 self.name, self.stack.id, status, phase, seq, outcome[0])
+        if outcome[0].startswith('ignored'):
+            raise resource.NoActionRequired(res_name=self.name, reason=outcome[0])
         if status == GUEST_IN_PROGRESS:
             return 'phase %s%s' % (phase, ': %s' % reason if reason else '')
         if status == GUEST_SUCCESS:

@@ -585,22 +585,31 @@ class CudaInstanceTest(CudaInstanceTestBase):
             return attr(rsrc, 'bootstrap_status'), rsrc._guest_state()[2].get('phase')
 
         send('IN_PROGRESS', 3, 'install-cuda')
-        send('IN_PROGRESS', 2, 'install-driver')   # overtaken by 3: ignored
+        send('IN_PROGRESS', 2, 'install-driver')   # overtaken by 3: history only
         send('IN_PROGRESS', 3, 'install-cuda')     # a repeat: ignored
         self.assertEqual(('IN_PROGRESS', 'install-cuda'), recorded())
         send('SUCCESS', 5, 'verify')
-        send('IN_PROGRESS', 4, 'verify')           # older than the final one
+        send('IN_PROGRESS', 4, 'verify')           # older than the final one: history only
         send('FAILURE', 6, 'verify')               # after the final one: the first final stays
-        send('SUCCESS', 5, 'verify')               # the final signal retried
+        send('SUCCESS', 5, 'verify')               # the final signal retried: ignored
         self.assertEqual(('SUCCESS', 'verify'), recorded())
-        # Only the two recorded signals became events.
+        # Every signal but the repeats and the second final became an event.
         signals = sorted(r.split(':')[1].strip() for r in self._events(stack)
                          if r.startswith('Signal: '))
-        self.assertEqual(['GPU ready', 'phase install-cuda'], signals)
+        self.assertEqual(['GPU ready', 'phase install-cuda', 'phase install-driver',
+                          'phase verify'], signals)
         self.assertEqual(['gpu_guest'], [k for k in rsrc.data() if k.startswith('gpu_g')])
         self.server.status = 'ACTIVE'
         runner.run_to_completion()
         self.assertEqual((rsrc.CREATE, rsrc.COMPLETE), rsrc.state)
+
+    def test_final_status_applies_whatever_its_number(self):
+        stack, rsrc, runner = self._start()
+        rsrc.signal({'status': 'IN_PROGRESS', 'data': report(seq=7, phase='verify')})
+        rsrc.signal({'status': 'FAILURE', 'reason': 'no GPU',
+                     'data': report(seq=6, phase='detect')})
+        self.assertEqual('FAILURE', attr(rsrc, 'bootstrap_status'))
+        self.assertRaises(exception.ResourceFailure, runner.run_to_completion)
 
     def test_unnumbered_signals_in_arrival_order(self):
         # A guest of an earlier release sends no seq: its signals count in the order they come.
