@@ -462,6 +462,9 @@ class Bench:
         files: dict = {}
         environment: dict = {}
         if path == PLAIN:
+            # The plugin takes the cloud's mirror and its key from [heat_gpu]; the provider
+            # template has no such options and gets the same two as properties.
+            member['properties'].update(self.cloud.guest_mirror())
             # This heat has the plugin: a provider mapped over OS::GPU::CudaInstance would be
             # taken as a facade of the plugin's class, so the plain path uses its own type name.
             registry = {PLAIN_TYPE: PROVIDER}
@@ -601,8 +604,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tools.localcloud import cloud as localcloud
     was_up = localcloud.Cloud().is_up()
     cloud = localcloud.ensure_running()
-    print('cloud: %s (layout %s, port offset %d)%s' % (
+    layout = cloud.heat_layout
+    print('cloud: %s (layout %s, port offset %d; heat %s: %d engine(s) of %d worker(s))%s' % (
         cloud.state, cloud.settings['layout'], cloud.settings['port_offset'],
+        cloud.settings.get('heat', 'production'), layout['engines'], layout['engine_workers'],
         '' if was_up else ', started by this benchmark'), flush=True)
     gpus = sum(len(d) for d in cloud.host_devices.values())
     if max(args.sizes) > gpus:

@@ -852,8 +852,9 @@ class Cloud:
             # The instances reach no internet: they install from the local cloud's mirror,
             # signed by its own key, as an air-gapped cloud's would.
             'heat_gpu': {
-                'mirror_url': self.url('mirror'),
-                'trusted_keyring_fingerprints': mirror.key_fingerprint(self.mirror_dir),
+                'mirror_url': self.guest_mirror()['mirror_url'],
+                'trusted_keyring_fingerprints': ','.join(
+                    self.guest_mirror()['keyring_fingerprints']),
             },
             'paste_deploy': {'api_paste_config': os.path.join(etc, 'api-paste.ini')},
             'database': {'connection': self.db_url('heat')},
@@ -1481,6 +1482,15 @@ class Cloud:
         keys = ('host', 'address', 'vendor_id', 'product_id', 'dev_type', 'numa_node', 'status',
                 'instance_uuid')
         return [dict(zip(keys, line.split('\t'))) for line in out.splitlines() if line.strip()]
+
+    def guest_mirror(self) -> dict:
+        """The mirror and key the plugin gets from [heat_gpu], as the provider's properties.
+
+        The portable provider template (environments/providers/cuda_instance.yaml) has no
+        [heat_gpu] options; a stack on it names the cloud's mirror itself.
+        """
+        return {'mirror_url': self.url('mirror'),
+                'keyring_fingerprints': [mirror.key_fingerprint(self.mirror_dir)]}
 
     def engines_holding(self, stack_id: str) -> list[str]:
         """The heat-engine services whose workers hold a resource of the stack now.
