@@ -381,7 +381,9 @@ class CudaInstance(_Server):
         if outcome[0].startswith('ignored'):
             raise resource.NoActionRequired(res_name=self.name, reason=outcome[0])
         if status == GUEST_IN_PROGRESS:
-            return 'phase %s%s' % (phase, ': %s' % reason if reason else '')
+            # The number shows the guest's order where heat's events are in another one.
+            return 'phase %s%s%s' % (phase, ': %s' % reason if reason else '',
+                                     ' (signal %d)' % seq if seq is not None else '')
         if status == GUEST_SUCCESS:
             return 'GPU ready: driver %s, CUDA %s, %d GPU(s)%s' % (
                 report.get('driver_version'), report.get('cuda_version'),

@@ -99,15 +99,21 @@ class FaultTestCase(base.FunctionalTestCase):
         return {o['output_key']: o['output_value'] for o in stack.outputs}
 
     def phase_events(self, stack_id: str) -> list[str]:
-        """The phases the guest announced, in the order heat recorded the signals."""
+        """The phases the guest announced, in the guest's order.
+
+        Heat's events are in the order heat's workers handled the signals, which with several
+        workers may differ from the order the guest sent them in; the event of a numbered
+        signal ends with its number "(signal N)".
+        """
         events = self.heat_demo.events.list(stack_id, resource_name='gpu_vm',
                                             sort_dir='asc', sort_keys='event_time')
         phases = []
         for event in events:
-            match = re.match(r'^Signal: phase (\S+?):', event.resource_status_reason or '')
+            match = re.match(r'^Signal: phase (\S+?)(?::.*?)?(?: \(signal (\d+)\))?$',
+                             event.resource_status_reason or '', re.S)
             if match:
-                phases.append(match.group(1))
-        return phases
+                phases.append((int(match.group(2) or 0), len(phases), match.group(1)))
+        return [phase for _, _, phase in sorted(phases)]
 
     def assert_stack_deleted(self, stack_id: str) -> None:
         """Heat shows a deleted stack by id as DELETE_COMPLETE for a while, then not at all."""

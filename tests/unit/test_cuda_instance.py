@@ -594,10 +594,11 @@ class CudaInstanceTest(CudaInstanceTestBase):
         send('SUCCESS', 5, 'verify')               # the final signal retried: ignored
         self.assertEqual(('SUCCESS', 'verify'), recorded())
         # Every signal but the repeats and the second final became an event.
-        signals = sorted(r.split(':')[1].strip() for r in self._events(stack)
-                         if r.startswith('Signal: '))
-        self.assertEqual(['GPU ready', 'phase install-cuda', 'phase install-driver',
-                          'phase verify'], signals)
+        signals = sorted(r for r in self._events(stack) if r.startswith('Signal: '))
+        self.assertEqual(['Signal: GPU ready: driver 550.163.01, CUDA 12.4, 1 GPU(s)',
+                          'Signal: phase install-cuda (signal 3)',
+                          'Signal: phase install-driver (signal 2)',
+                          'Signal: phase verify (signal 4)'], signals)
         self.assertEqual(['gpu_guest'], [k for k in rsrc.data() if k.startswith('gpu_g')])
         self.server.status = 'ACTIVE'
         runner.run_to_completion()
