@@ -172,8 +172,21 @@ class TestProductionHeat(ProductionHeatTestCase):
         rng.shuffle(bodies)
         send_all(bodies)
         stack = self.wait_for_stack(stack_id, 'CREATE_COMPLETE', timeout=120)
-        # After the final one: a newer FAILURE and progress change nothing.
-        send_all([body('FAILURE', 300), body('IN_PROGRESS', 301), final])
+        # After the final one: a newer FAILURE and progress change nothing. (Heat handles a
+        # signal after its API call returns: wait until the plugin has logged all three.)
+        offsets = self.engine_log_offsets()
+        send_all([body('FAILURE', 300), final, body('IN_PROGRESS', 301)])
+
+        def handled() -> dict:
+            return {int(m.group(1)): line['what'] for line in self.plugin_log(offsets)
+                    for m in [re.search(r', seq (\d+)\) ', line['what'])]
+                    if line['stack'] == stack_id and m}
+
+        self.wait_until(lambda: {200, 300, 301} <= set(handled()), timeout=60,
+                        what='the signals after the final one handled')
+        self.assertIn('ignored: the guest already reported SUCCESS', handled()[300])
+        self.assertIn('recorded as history (it came after SUCCESS)', handled()[301])
+        self.assertIn('ignored: signal 200 was recorded already', handled()[200])
         resource = self.heat_demo.resources.get(
             stack_id, 'gpu_vm', with_attr=['bootstrap_status', 'driver_version', 'failure_reason'])
         self.assertEqual('CREATE_COMPLETE', resource.resource_status)
@@ -186,8 +199,7 @@ class TestProductionHeat(ProductionHeatTestCase):
         self.assertEqual(1, len(ready), [e.resource_status_reason for e in events])
         failed = [e for e in events if 'failed' in (e.resource_status_reason or '')]
         self.assertEqual([], failed)
-        # The progress sent with the final one is history: one event each.
-        self.wait_until(lambda: len(ours()) >= 101, timeout=60, what='the late progress')
+        # The progress sent with and after the final one is history: one event each.
         self.assertEqual(sorted('p%d' % seq for seq in list(range(100, 200)) + [301]), ours())
         self.assertEqual('CREATE_COMPLETE', stack.stack_status)
 
