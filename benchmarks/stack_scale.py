@@ -574,6 +574,37 @@ class Bench:
                 self.flavor = None
 
 
+# Each guest boots its own systemd, which takes inotify instances of the (shared) root user;
+# Linux's default of 128 per user lets about 18 guests boot, and the rest fail with "Too many open
+# files" (systemd-nspawn exits, the server's wait never ends).
+INOTIFY_LIMIT = '/proc/sys/fs/inotify/max_user_instances'
+INOTIFY_PER_GUEST = 10
+
+
+def ensure_inotify_instances(guests: int, *, path: str = INOTIFY_LIMIT) -> Optional[str]:
+    """Raise the per-user inotify instance limit for ``guests`` booting guests if it is lower.
+
+    Returns None when the limit suffices or was raised, else what to do (the limit is the
+    machine's: it needs root).
+    """
+    needed = 128 + INOTIFY_PER_GUEST * guests
+    try:
+        with open(path, encoding='ascii') as f:
+            current = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if current >= needed:
+        return None
+    try:
+        with open(path, 'w', encoding='ascii') as f:
+            f.write('%d\n' % needed)
+        return None
+    except OSError as ex:
+        return ('fs.inotify.max_user_instances is %d; %d guests need about %d (%s): run '
+                '"sysctl -w fs.inotify.max_user_instances=%d" as root' % (
+                    current, guests, needed, ex.strerror, needed))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', type=parse_sizes, default=list(DEFAULT_SIZES),
@@ -598,6 +629,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeat < 1:
         parser.error('--repeat must be 1 or more')
 
+    problem = ensure_inotify_instances(max(args.sizes))
+    if problem:
+        print('stack_scale: %s' % problem, file=sys.stderr)
+        return 2
     for key, value in CLOUD_DEFAULTS.items():
         os.environ.setdefault(key, value)
     sys.path.insert(0, REPO)  # tools/ is a package of the repository, not installed

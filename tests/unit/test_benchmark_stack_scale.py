@@ -17,6 +17,7 @@ import argparse
 import collections
 import importlib.util
 import os
+from unittest import mock
 
 import fixtures
 import testtools
@@ -297,3 +298,38 @@ class TestOptions(testtools.TestCase):
         self.assertEqual(('ours', 'plain'), bench.parse_paths('plain,ours'))
         for bad in ('', 'mine', 'ours,mine'):
             self.assertRaises(argparse.ArgumentTypeError, bench.parse_paths, bad)
+
+
+class TestInotifyLimit(testtools.TestCase):
+
+    def limit_file(self, value: str) -> str:
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'max_user_instances')
+        with open(path, 'w', encoding='ascii') as f:
+            f.write(value)
+        return path
+
+    def test_raised_for_the_guests(self):
+        path = self.limit_file('128\n')
+        self.assertIsNone(bench.ensure_inotify_instances(50, path=path))
+        with open(path, encoding='ascii') as f:
+            self.assertEqual(128 + 50 * bench.INOTIFY_PER_GUEST, int(f.read()))
+
+    def test_a_higher_limit_is_kept(self):
+        path = self.limit_file('100000\n')
+        self.assertIsNone(bench.ensure_inotify_instances(50, path=path))
+        with open(path, encoding='ascii') as f:
+            self.assertEqual('100000\n', f.read())
+
+    def test_what_to_do_when_it_cannot_be_raised(self):
+        path = self.limit_file('128\n')
+        real_open = open
+
+        def read_only(name, mode='r', **kwargs):
+            if name == path and 'w' in mode:
+                raise PermissionError(13, 'Permission denied', name)
+            return real_open(name, mode, **kwargs)
+
+        with mock.patch('builtins.open', side_effect=read_only):
+            problem = bench.ensure_inotify_instances(50, path=path)
+        self.assertIn('fs.inotify.max_user_instances is 128', problem)
+        self.assertIn('sysctl -w fs.inotify.max_user_instances=628', problem)
