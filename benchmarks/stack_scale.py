@@ -642,7 +642,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     layout = cloud.heat_layout
     print('cloud: %s (layout %s, port offset %d; heat %s: %d engine(s) of %d worker(s))%s' % (
         cloud.state, cloud.settings['layout'], cloud.settings['port_offset'],
-        cloud.settings.get('heat', 'production'), layout['engines'], layout['engine_workers'],
+        cloud.heat_layout_name, layout['engines'], layout['engine_workers'],
         '' if was_up else ', started by this benchmark'), flush=True)
     gpus = sum(len(d) for d in cloud.host_devices.values())
     if max(args.sizes) > gpus:

@@ -33,15 +33,6 @@ from heat.db import api as db_api
 from heat.db import models
 
 
-def read(context: Any, resource_id: int, key: str) -> Optional[dict]:
-    """The JSON object stored under *key*, or None when there is none."""
-    with db_api.context_manager.reader.using(context) as session:
-        row = (session.query(models.ResourceData)
-               .filter_by(resource_id=resource_id, key=key)
-               .order_by(models.ResourceData.id).first())
-        return _decode(row.value) if row is not None else None
-
-
 def update(context: Any, resource_id: int, key: str,
            decide: Callable[[Optional[dict]], Optional[dict]]) -> tuple[Optional[dict], bool]:
     """Replace the JSON object under *key* by ``decide(current)``, atomically.
@@ -56,7 +47,7 @@ def update(context: Any, resource_id: int, key: str,
         rows = (session.query(models.ResourceData)
                 .filter_by(resource_id=resource_id, key=key)
                 .order_by(models.ResourceData.id).all())
-        current = _decode(rows[0].value) if rows else None
+        current = decode(rows[0].value) if rows else None
         new = decide(current)
         if new is None:
             return current, False
@@ -70,7 +61,8 @@ def update(context: Any, resource_id: int, key: str,
         return new, True
 
 
-def _decode(value: Optional[str]) -> Optional[dict]:
+def decode(value: Optional[str]) -> Optional[dict]:
+    """A stored value as ``update`` reads it: the JSON object, or None for anything else."""
     try:
         decoded = json.loads(value or 'null')
     except ValueError:

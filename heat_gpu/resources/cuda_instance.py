@@ -718,10 +718,7 @@ class CudaInstance(_Server):
         """The guest's last status, reason and report, read fresh from the database."""
         data = self._fresh_data()
         if _GUEST_KEY in data:
-            try:
-                guest = json.loads(data[_GUEST_KEY] or '{}')
-            except ValueError:
-                guest = {}
+            guest = resource_state.decode(data[_GUEST_KEY]) or {}
             report = guest.get('report') if isinstance(guest.get('report'), dict) else {}
             return guest.get('status'), guest.get('reason'), report
         try:

@@ -73,7 +73,7 @@ class ProductionHeatTestCase(FaultTestCase):
         if layout['engines'] < 2 or layout['engine_workers'] < 2:
             self.skipTest('the local cloud runs heat as "%s"; these tests need several engines '
                           'and workers (HEAT_GPU_CLOUD_HEAT=production, the default)'
-                          % self.cloud.settings.get('heat'))
+                          % self.cloud.heat_layout_name)
 
     def plugin_log(self, offsets: dict) -> list[dict]:
         """The plugin's log lines since ``offsets``: engine, worker pid, stack, resource, text."""

@@ -55,10 +55,9 @@ class ResourceStateTest(base.HeatGpuTestCase):
         for _ in range(3):
             resource_state.update(self.ctx, self.rsrc.id, 'k', bump)
         self.assertEqual([None, {'n': 1}, {'n': 2}], seen)
-        self.assertEqual({'n': 3}, resource_state.read(self.ctx, self.rsrc.id, 'k'))
-        self.assertEqual(1, len(self.rows()))
+        self.assertEqual(['{"n": 3}'], self.rows())
         # heat's own reader sees the same row.
-        self.assertEqual('{"n": 3}', self.rsrc.data()['k'])
+        self.assertEqual({'n': 3}, resource_state.decode(self.rsrc.data()['k']))
 
     def test_keep_when_decide_returns_none(self):
         resource_state.update(self.ctx, self.rsrc.id, 'k', lambda c: {'a': 1})
@@ -82,4 +81,6 @@ class ResourceStateTest(base.HeatGpuTestCase):
         self.rsrc.data_set('other', 'x')
         resource_state.update(self.ctx, self.rsrc.id, 'k', lambda c: {'a': 1})
         self.assertEqual('x', self.rsrc.data()['other'])
-        self.assertIsNone(resource_state.read(self.ctx, self.rsrc.id, 'missing'))
+        self.assertEqual([], self.rows('missing'))
+        for value in (None, '', 'not json', '[1]', '"text"'):
+            self.assertIsNone(resource_state.decode(value), value)

@@ -146,6 +146,7 @@ HEAT_LAYOUTS = {
     'single': {'engines': 1, 'engine_workers': 1, 'api_workers': 1},
 }
 HEAT_LAYOUT_ENV = 'HEAT_GPU_CLOUD_HEAT'
+DEFAULT_HEAT_LAYOUT = 'production'
 PORT_OFFSET_ENV = 'HEAT_GPU_CLOUD_PORT_OFFSET'
 
 IMAGES = (
@@ -344,7 +345,7 @@ class Cloud:
         else:
             self._settings = {'port_offset': wanted.get('port_offset', 0),
                               'layout': wanted.get('layout', 'test'),
-                              'heat': wanted.get('heat', 'production')}
+                              'heat': wanted.get('heat', DEFAULT_HEAT_LAYOUT)}
         return self._settings
 
     def _save_settings(self) -> None:
@@ -362,9 +363,14 @@ class Cloud:
         return LAYOUTS[self.settings['layout']]
 
     @property
+    def heat_layout_name(self) -> str:
+        """This cloud's heat layout (clouds made before there was a choice get the default)."""
+        return self.settings.get('heat', DEFAULT_HEAT_LAYOUT)
+
+    @property
     def heat_layout(self) -> dict:
         """Engines, workers per engine and heat-api workers of this cloud's heat layout."""
-        return HEAT_LAYOUTS[self.settings.get('heat', 'production')]
+        return HEAT_LAYOUTS[self.heat_layout_name]
 
     @property
     def heat_engines(self) -> tuple:
@@ -832,6 +838,7 @@ class Cloud:
         self._write(os.path.join(etc, 'policy.yaml'),
                     '# Only admins may create GPU flavors through Heat.\n'
                     '"resource_types:OS::GPU::Flavor": "rule:project_admin"\n')
+        guest_mirror = self.guest_mirror()
         self._write(os.path.join(etc, 'heat.conf'), _ini({
             'DEFAULT': {
                 'debug': False, 'use_stderr': True,
@@ -852,9 +859,8 @@ class Cloud:
             # The instances reach no internet: they install from the local cloud's mirror,
             # signed by its own key, as an air-gapped cloud's would.
             'heat_gpu': {
-                'mirror_url': self.guest_mirror()['mirror_url'],
-                'trusted_keyring_fingerprints': ','.join(
-                    self.guest_mirror()['keyring_fingerprints']),
+                'mirror_url': guest_mirror['mirror_url'],
+                'trusted_keyring_fingerprints': ','.join(guest_mirror['keyring_fingerprints']),
             },
             'paste_deploy': {'api_paste_config': os.path.join(etc, 'api-paste.ini')},
             'database': {'connection': self.db_url('heat')},
@@ -1574,7 +1580,7 @@ class Cloud:
             self.settings['layout'], sum(len(d) for d in self.host_devices.values()),
             ', '.join(self.compute_hosts), self.settings['port_offset']))
         lines.append('heat: %s (%d engine(s) of %d worker(s), heat-api %d worker(s))' % (
-            self.settings.get('heat', 'production'), self.heat_layout['engines'],
+            self.heat_layout_name, self.heat_layout['engines'],
             self.heat_layout['engine_workers'], self.heat_layout['api_workers']))
         lines.append('ready: %s' % ('yes' if self.is_up() else 'no'))
         return '\n'.join(lines)
